@@ -1,0 +1,86 @@
+"""The per-tensor scalars of one AdaBalance step: bias corrections and the learning-rate bounds.
+
+Every execution path (per-tensor, multi-tensor, fused) takes its scalars from here, so the bound
+schedule of the paper is written once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+__all__ = ["StepScalars", "final_rate", "step_scalars"]
+
+
+class StepScalars(NamedTuple):
+    """Scalars of one step of one tensor at step count ``t``.
+
+    Attributes:
+        step_size (float): ``lr / (1 - beta1 ** t)``, Adam's step size with the first-moment bias
+            correction folded in.
+        bias_correction2_sqrt (float): ``sqrt(1 - beta2 ** t)``.
+        lower (float): lower bound of the smoothed learning rate.
+        upper (float): upper bound of the smoothed learning rate (``inf`` when ``gamma == 0``).
+    """
+
+    step_size: float
+    bias_correction2_sqrt: float
+    lower: float
+    upper: float
+
+
+def final_rate(lr: float, base_lr: float, final_lr: float) -> float:
+    """Return the rate both bounds converge to: ``final_lr * lr / base_lr``.
+
+    The bounds follow any learning-rate schedule through the ratio ``lr / base_lr``. Two edge
+    cases have a defined meaning instead of a division by zero:
+
+    * ``lr == 0``: the final rate is 0, so both bounds are 0 and the step moves no parameter.
+    * ``base_lr == 0`` (the group was created with ``lr=0``): there is no reference rate to scale
+      by, so the final rate is ``final_lr`` unscaled while ``lr > 0``.
+
+    Args:
+        lr (float): the group's current learning rate.
+        base_lr (float): the group's learning rate when it was created.
+        final_lr (float): the final (SGD) learning rate for ``lr == base_lr``.
+    """
+    if lr == 0.0:
+        return 0.0
+    if base_lr == 0.0:
+        return final_lr
+    return final_lr * lr / base_lr
+
+
+def step_scalars(
+    step: float,
+    *,
+    lr: float,
+    base_lr: float,
+    beta1: float,
+    beta2: float,
+    final_lr: float,
+    gamma: float,
+) -> StepScalars:
+    """Compute the scalars of step ``step`` (counted from 1) for one tensor.
+
+    Args:
+        step (float): the tensor's step count after this step's increment.
+        lr (float): the group's current learning rate.
+        base_lr (float): the group's learning rate when it was created.
+        beta1 (float): decay rate of the first moment.
+        beta2 (float): decay rate of the second moment.
+        final_lr (float): the final (SGD) learning rate for ``lr == base_lr``.
+        gamma (float): convergence speed of the bounds; 0 disables them.
+    """
+    rate = final_rate(lr, base_lr, final_lr)
+    if gamma == 0.0:
+        lower, upper = 0.0, math.inf
+    else:
+        lower = rate * (1.0 - 1.0 / (gamma * step + 1.0))
+        upper = rate * (1.0 + 1.0 / (gamma * step))
+    return StepScalars(
+        step_size=lr / (1.0 - beta1**step),
+        bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
+        lower=lower,
+        upper=upper,
+    )
