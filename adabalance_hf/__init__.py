@@ -5,3 +5,21 @@ from .optim import AdaBalance, adabalance
 __version__ = "0.1.0"
 
 __all__ = ["AdaBalance", "__version__", "adabalance"]
+
+# The transformers integration, imported on first use so that `import adabalance_hf` does not
+# import transformers.
+_TRANSFORMERS_NAMES = {
+    "AdaBalanceDiagnosticsCallback",
+    "AdaBalanceTrainer",
+    "AdaBalanceTrainingArguments",
+    "adabalance_optimizer_kwargs",
+    "trainer_param_groups",
+}
+
+
+def __getattr__(name: str):
+    if name in _TRANSFORMERS_NAMES:
+        from .integrations import transformers as _integration
+
+        return getattr(_integration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

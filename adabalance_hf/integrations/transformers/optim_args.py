@@ -1,0 +1,143 @@
+"""Typed parsing of transformers' ``optim_args`` string for AdaBalance.
+
+transformers hands ``optim_args`` (``"key=value,key=value"``) to its optimizers as strings. This
+module converts each value to the type AdaBalance expects and rejects unknown keys and malformed
+values with an error that names the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ...optim import AdaBalance
+
+__all__ = ["optim_args_keys", "parse_optim_args"]
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_NONE = {"none", "null"}
+
+
+def _to_float(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(
+            f"optim_args: {key}={text!r} is not a finite float; write a number such as "
+            f"{key}=0.05 or {key}=1e-3"
+        )
+    return value
+
+
+def _to_bool(key: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"optim_args: {key}={text!r} is not a bool; write {key}=true or {key}=false")
+
+
+def _to_optional_bool(key: str, text: str) -> bool | None:
+    if text.lower() in _NONE:
+        return None
+    try:
+        return _to_bool(key, text)
+    except ValueError:
+        raise ValueError(
+            f"optim_args: {key}={text!r} is not a bool or none; write {key}=true, {key}=false "
+            f"or {key}=none"
+        ) from None
+
+
+# AdaBalance keyword -> converter. A key the installed AdaBalance does not accept (``fused``
+# before it exists) is not offered.
+_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
+    "final_lr": _to_float,
+    "gamma": _to_float,
+    "beta3": _to_float,
+    "amsbound": _to_bool,
+    "decoupled_weight_decay": _to_bool,
+    "maximize": _to_bool,
+    "foreach": _to_optional_bool,
+    "fused": _to_optional_bool,
+}
+
+# Hyper-parameters that have their own TrainingArguments field: setting them twice is an error.
+_OWN_FIELDS = {
+    "lr": "learning_rate",
+    "betas": "adam_beta1 and adam_beta2",
+    "beta1": "adam_beta1",
+    "beta2": "adam_beta2",
+    "eps": "adam_epsilon",
+    "weight_decay": "weight_decay",
+}
+
+
+def optim_args_keys(optimizer_cls: type = AdaBalance) -> tuple[str, ...]:
+    """Return the keys ``optim_args`` accepts for AdaBalance.
+
+    Args:
+        optimizer_cls (type, optional): the optimizer class whose constructor decides which
+            keys exist. Default: :class:`~adabalance_hf.AdaBalance`
+    """
+    accepted = set(inspect.signature(optimizer_cls).parameters)
+    return tuple(key for key in _CONVERTERS if key in accepted)
+
+
+def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict[str, Any]:
+    """Parse an ``optim_args`` string into typed AdaBalance keyword arguments.
+
+    Args:
+        text (str, optional): comma-separated ``key=value`` pairs, e.g.
+            ``"final_lr=0.05,gamma=1e-3,amsbound=true"``. Whitespace is ignored; ``None`` or an
+            empty string gives ``{}``.
+        optimizer_cls (type, optional): the optimizer class whose constructor decides which
+            keys exist. Default: :class:`~adabalance_hf.AdaBalance`
+
+    Returns:
+        dict: keyword arguments with floats and bools (``foreach``/``fused`` may be ``None``).
+
+    Raises:
+        ValueError: for an item that is not ``key=value``, a repeated key, an unknown key (the
+            message lists the valid keys), a key that has its own TrainingArguments field, or a
+            value of the wrong type (the message names the key and the expected type).
+
+    Example:
+        >>> parse_optim_args("final_lr=0.05, amsbound=true")
+        {'final_lr': 0.05, 'amsbound': True}
+    """
+    if not text:
+        return {}
+    valid_keys = optim_args_keys(optimizer_cls)
+    parsed: dict[str, Any] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value or "=" in value:
+            raise ValueError(
+                f"optim_args: {item!r} is not a key=value pair; write comma-separated pairs "
+                f"such as 'final_lr=0.05,amsbound=true'"
+            )
+        if key in _OWN_FIELDS:
+            raise ValueError(
+                f"optim_args: {key!r} is set through the TrainingArguments field "
+                f"{_OWN_FIELDS[key]}, not through optim_args; remove {key}={value} from optim_args"
+            )
+        if key not in valid_keys:
+            raise ValueError(
+                f"optim_args: unknown key {key!r} for AdaBalance; valid keys: "
+                f"{', '.join(valid_keys)}"
+            )
+        if key in parsed:
+            raise ValueError(f"optim_args: key {key!r} is given more than once in {text!r}")
+        parsed[key] = _CONVERTERS[key](key, value)
+    return parsed
