@@ -1,0 +1,274 @@
+"""Optimizer names, optim_args parsing and AdaBalanceTrainingArguments (no training here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from _hf_helpers import make_args
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.training_args import OptimizerNames
+
+from adabalance_hf import AdaBalance
+from adabalance_hf.integrations.transformers import (
+    AdaBalanceTrainer,
+    AdaBalanceTrainingArguments,
+    adabalance_optimizer_kwargs,
+    adabalance_optimizer_names,
+    optim_args_keys,
+    parse_optim_args,
+)
+
+FULL_OPTIM_ARGS = "final_lr=0.05,gamma=1e-3,beta3=0.999,amsbound=true,decoupled_weight_decay=true"
+
+
+def ab_args(tmp_path, **overrides):
+    return make_args(tmp_path, AdaBalanceTrainingArguments, **overrides)
+
+
+# ---- names -------------------------------------------------------------------------------------
+
+
+def test_names_registry_offers_variants_and_fused_only_when_supported():
+    names = adabalance_optimizer_names()
+    assert {"adabalance", "adabalance_amsbound", "adabalancew", "adabalancew_amsbound"} <= set(
+        names
+    )
+    has_fused = "fused" in inspect.signature(AdaBalance).parameters
+    assert ("adabalance_fused" in names) == has_fused
+
+    class WithFused(AdaBalance):
+        def __init__(self, params, lr=1e-3, *, fused=None):
+            super().__init__(params, lr=lr)
+
+    assert "adabalance_fused" in adabalance_optimizer_names(WithFused)
+    assert "fused" in optim_args_keys(WithFused)
+
+
+def test_unknown_name_fails_at_construction_listing_valid_names(tmp_path):
+    with pytest.raises(ValueError) as error:
+        ab_args(tmp_path, optim="adabalanse")
+    message = str(error.value)
+    assert "'adabalanse'" in message
+    for name in ("adabalance", "adabalance_amsbound", "adabalancew", "adamw_torch"):
+        assert name in message
+
+
+def test_builtin_names_keep_working(tmp_path):
+    args = ab_args(tmp_path, optim="adamw_torch", learning_rate=3e-3)
+    assert args.optim == OptimizerNames.ADAMW_TORCH
+    cls, kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(args)
+    assert cls is torch.optim.AdamW
+    assert kwargs["lr"] == 3e-3
+    default = AdaBalanceTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    stock = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert default.optim == stock.optim
+
+
+# ---- kwargs from the arguments -----------------------------------------------------------------
+
+
+def test_name_and_usual_fields_and_optim_args_reach_the_optimizer(tmp_path):
+    args = ab_args(
+        tmp_path,
+        optim="adabalance",
+        learning_rate=3e-3,
+        adam_beta1=0.8,
+        adam_beta2=0.99,
+        adam_epsilon=1e-7,
+        weight_decay=0.01,
+        optim_args=FULL_OPTIM_ARGS,
+    )
+    assert args.optim == "adabalance"
+    expected = {
+        "lr": 3e-3,
+        "betas": (0.8, 0.99),
+        "eps": 1e-7,
+        "weight_decay": 0.01,
+        "final_lr": 0.05,
+        "gamma": 1e-3,
+        "beta3": 0.999,
+        "amsbound": True,
+        "decoupled_weight_decay": True,
+    }
+    assert adabalance_optimizer_kwargs(args) == expected
+    cls, kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(args)
+    assert cls is AdaBalance
+    assert kwargs == expected
+    assert type(kwargs["amsbound"]) is bool and type(kwargs["final_lr"]) is float
+
+
+@pytest.mark.parametrize(
+    ("optim", "fields", "expected"),
+    [
+        ("adabalance", {}, {"amsbound": False, "decoupled_weight_decay": False}),
+        ("adabalance_amsbound", {}, {"amsbound": True}),
+        ("adabalancew", {}, {"decoupled_weight_decay": True, "amsbound": False}),
+        ("adabalancew_amsbound", {}, {"decoupled_weight_decay": True, "amsbound": True}),
+        ("adabalance", {"adabalance_amsbound": True}, {"amsbound": True}),
+        (
+            "adabalance",
+            {"adabalance_final_lr": 0.02, "adabalance_gamma": 0.0, "adabalance_beta3": 0.9},
+            {"final_lr": 0.02, "gamma": 0.0, "beta3": 0.9},
+        ),
+        ("adabalance_amsbound", {"adabalance_amsbound": True}, {"amsbound": True}),
+    ],
+)
+def test_variants_and_typed_fields(tmp_path, optim, fields, expected):
+    kwargs = adabalance_optimizer_kwargs(ab_args(tmp_path, optim=optim, **fields))
+    for key, value in expected.items():
+        assert kwargs.get(key, inspect.signature(AdaBalance).parameters[key].default) == value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"optim": "adabalance_amsbound", "adabalance_amsbound": False}, ["amsbound", "optim="]),
+        (
+            {"adabalance_final_lr": 0.05, "optim_args": "final_lr=0.07"},
+            ["final_lr", "0.05", "0.07", "optim_args"],
+        ),
+        ({"optim": "adabalancew", "optim_args": "decoupled_weight_decay=false"}, ["decoupled"]),
+    ],
+)
+def test_conflicting_settings_are_an_error(tmp_path, overrides, words):
+    with pytest.raises(ValueError, match="set it in one place only") as error:
+        ab_args(tmp_path, **{"optim": "adabalance", **overrides})
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("optim_args", "words"),
+    [
+        ("final_lr=0.05,foo=1", ["'foo'", "final_lr", "gamma", "beta3", "amsbound"]),
+        ("final_lr=abc", ["final_lr", "'abc'", "float"]),
+        ("gamma=nan", ["gamma", "float"]),
+        ("amsbound=maybe", ["amsbound", "'maybe'", "bool", "true"]),
+        ("final_lr", ["'final_lr'", "key=value"]),
+        ("eps=1e-6", ["eps", "adam_epsilon"]),
+        ("lr=0.1", ["lr", "learning_rate"]),
+        ("gamma=1e-3,gamma=2e-3", ["gamma", "more than once"]),
+    ],
+)
+def test_bad_optim_args_fail_at_construction(tmp_path, optim_args, words):
+    with pytest.raises(ValueError) as error:
+        ab_args(tmp_path, optim="adabalance", optim_args=optim_args)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_out_of_range_value_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="final_lr") as error:
+        ab_args(tmp_path, optim="adabalance", optim_args="final_lr=-1")
+    assert "optim='adabalance'" in str(error.value)
+    with pytest.raises(ValueError, match="gamma"):
+        ab_args(tmp_path, optim="adabalance", adabalance_gamma=1.5)
+
+
+def test_parse_optim_args_types():
+    parsed = parse_optim_args(" final_lr = 0.05 , amsbound=TRUE, maximize=0, foreach=none ,")
+    assert parsed == {"final_lr": 0.05, "amsbound": True, "maximize": False, "foreach": None}
+    assert parse_optim_args(None) == {} and parse_optim_args("") == {}
+
+
+def test_kwargs_helper_with_stock_arguments(tmp_path):
+    args = make_args(tmp_path, learning_rate=3e-3, adam_beta1=0.8, weight_decay=0.1)
+    kwargs = adabalance_optimizer_kwargs(args, final_lr=0.05)
+    assert kwargs == {
+        "lr": 3e-3,
+        "betas": (0.8, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.1,
+        "final_lr": 0.05,
+    }
+    with pytest.raises(ValueError, match="finall_lr") as error:
+        adabalance_optimizer_kwargs(args, finall_lr=0.05)
+    assert "final_lr" in str(error.value) and "gamma" in str(error.value)
+
+
+def test_set_optimizer_accepts_adabalance_names(tmp_path):
+    args = ab_args(tmp_path)
+    args.set_optimizer("adabalance_amsbound", learning_rate=2e-3, args="final_lr=0.03")
+    assert args.optim == "adabalance_amsbound"
+    kwargs = adabalance_optimizer_kwargs(args)
+    assert kwargs["amsbound"] is True and kwargs["lr"] == 2e-3 and kwargs["final_lr"] == 0.03
+    args.set_optimizer("sgd", learning_rate=1e-1)
+    assert args.optim == OptimizerNames.SGD
+    with pytest.raises(ValueError, match="'nope'"):
+        args.set_optimizer("nope")
+
+
+# ---- serialisation and the command line --------------------------------------------------------
+
+
+@pytest.mark.parametrize("optim", ["adabalance_amsbound", "adamw_torch"])
+def test_to_dict_and_json_round_trip(tmp_path, optim):
+    args = ab_args(
+        tmp_path, optim=optim, optim_args="final_lr=0.05" if optim != "adamw_torch" else None
+    )
+    args.adabalance_beta3 = 0.99
+    as_dict = args.to_dict()
+    assert as_dict["optim"] == optim and as_dict["adabalance_beta3"] == 0.99
+    rebuilt = AdaBalanceTrainingArguments(**json.loads(args.to_json_string()))
+    assert rebuilt.to_dict() == as_dict
+    assert adabalance_optimizer_kwargs(rebuilt) == adabalance_optimizer_kwargs(args)
+    (parsed,) = HfArgumentParser(AdaBalanceTrainingArguments).parse_dict(
+        json.loads(args.to_json_string())
+    )
+    assert parsed.to_dict() == as_dict
+    replaced = dataclasses.replace(args, learning_rate=5e-4)
+    assert replaced.optim == args.optim and adabalance_optimizer_kwargs(replaced)["lr"] == 5e-4
+
+
+def test_command_line(tmp_path):
+    parser = HfArgumentParser(AdaBalanceTrainingArguments)
+    base = ["--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu"]
+    (args,) = parser.parse_args_into_dataclasses(
+        [
+            *base,
+            "--optim",
+            "adabalance_amsbound",
+            "--learning_rate",
+            "2e-3",
+            "--adabalance_final_lr",
+            "0.05",
+            "--adabalance_decoupled_weight_decay",
+            "--optim_args",
+            "gamma=2e-3,beta3=0.99",
+        ]
+    )
+    assert args.optim == "adabalance_amsbound"
+    kwargs = adabalance_optimizer_kwargs(args)
+    assert kwargs["lr"] == 2e-3
+    assert (kwargs["final_lr"], kwargs["gamma"], kwargs["beta3"]) == (0.05, 2e-3, 0.99)
+    assert kwargs["amsbound"] is True and kwargs["decoupled_weight_decay"] is True
+    (builtin,) = parser.parse_args_into_dataclasses([*base, "--optim", "adamw_torch"])
+    assert builtin.optim == OptimizerNames.ADAMW_TORCH
+
+
+def test_command_line_unknown_name_and_help(tmp_path, capsys):
+    parser = HfArgumentParser(AdaBalanceTrainingArguments)
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "adabalanse"])
+    err = capsys.readouterr().err
+    assert "adabalanse" in err and "'adabalance'" in err and "'adamw_torch'" in err
+    help_text = parser.format_help()
+    for name in (*adabalance_optimizer_names(), "adamw_torch", "adamw_torch_fused"):
+        assert name in help_text
+    for flag in ("--adabalance_final_lr", "--adabalance_gamma", "--adabalance_amsbound"):
+        assert flag in help_text
+
+
+def test_importing_the_package_does_not_import_transformers():
+    code = (
+        "import sys, adabalance_hf; assert 'transformers' not in sys.modules; "
+        "from adabalance_hf import AdaBalanceTrainer, AdaBalanceTrainingArguments; "
+        "import transformers; assert issubclass(AdaBalanceTrainer, transformers.Trainer)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

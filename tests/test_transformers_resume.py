@@ -1,0 +1,117 @@
+"""Exact resume: 2N steps in one go equal N steps, a checkpoint and N more in a new Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _hf_helpers import classification_data, inner_optimizer, make_args, tiny_bert
+from transformers import Trainer, TrainerCallback
+
+from adabalance_hf import AdaBalance
+from adabalance_hf.integrations.transformers import (
+    AdaBalanceTrainer,
+    AdaBalanceTrainingArguments,
+    adabalance_optimizer_kwargs,
+    trainer_param_groups,
+)
+
+N = 3
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def build(route, output_dir, *, save, callbacks=()):
+    # 16 rows, batch 4: 4 steps an epoch, so the resumed half crosses an epoch boundary.
+    # Dropout stays on: the checkpoint's RNG state must carry it.
+    model = tiny_bert()
+    common = dict(
+        max_steps=2 * N,
+        warmup_steps=1,
+        weight_decay=0.01,
+        learning_rate=1e-2,
+        save_strategy="steps" if save else "no",
+        save_steps=N,
+        logging_steps=N,
+    )
+    data = classification_data(n=16)
+    if route == "optim_name":
+        args = make_args(
+            output_dir,
+            AdaBalanceTrainingArguments,
+            optim="adabalance_amsbound",
+            optim_args="final_lr=0.05,gamma=1e-2",
+            **common,
+        )
+        return AdaBalanceTrainer(
+            model=model, args=args, train_dataset=data, callbacks=list(callbacks)
+        )
+    args = make_args(output_dir, **common)
+    optimizer = AdaBalance(
+        trainer_param_groups(model, args.weight_decay),
+        **adabalance_optimizer_kwargs(args, final_lr=0.05, gamma=1e-2),
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        optimizers=(optimizer, None),
+        callbacks=list(callbacks),
+    )
+
+
+def assert_same_state(left: dict, right: dict, where: str = "") -> None:
+    assert left.keys() == right.keys(), where
+    for key in left:
+        a, b = left[key], right[key]
+        if isinstance(a, dict):
+            assert_same_state(a, b, f"{where}/{key}")
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), f"{where}/{key}"
+        else:
+            assert a == b, f"{where}/{key}"
+
+
+@pytest.mark.parametrize("route", ["optim_name", "optimizer_object"])
+def test_resume_is_bitwise_exact(tmp_path, route):
+    straight = build(route, tmp_path / "straight", save=False)
+    straight.train()
+
+    first = build(route, tmp_path / "halves", save=True, callbacks=[StopAt(N)])
+    first.train()
+    assert first.state.global_step == N
+    checkpoint = tmp_path / "halves" / f"checkpoint-{N}"
+    assert (checkpoint / "optimizer.pt").is_file()
+
+    counter = CountSteps()
+    second = build(route, tmp_path / "halves", save=False, callbacks=[counter])
+    second.train(resume_from_checkpoint=str(checkpoint))
+    assert second.state.global_step == 2 * N
+    assert counter.steps == N  # it resumed: only the second half was trained here
+
+    for (name, a), (_, b) in zip(
+        straight.model.named_parameters(), second.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    opt_a, opt_b = inner_optimizer(straight), inner_optimizer(second)
+    assert type(opt_b) is AdaBalance
+    state_a, state_b = opt_a.state_dict(), opt_b.state_dict()
+    assert_same_state(state_a["state"], state_b["state"], "state")
+    for group_a, group_b in zip(state_a["param_groups"], state_b["param_groups"], strict=True):
+        assert group_a == group_b
+    assert state_b["param_groups"][0]["base_lr"] == 1e-2
+    assert float(state_b["state"][0]["step"]) == 2 * N

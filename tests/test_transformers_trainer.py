@@ -1,0 +1,189 @@
+"""The three ways into transformers, trained end to end on tiny models built from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _hf_helpers import (
+    classification_data,
+    inner_optimizer,
+    lm_data,
+    make_args,
+    param_names,
+    tiny_bert,
+    tiny_gpt2,
+)
+from transformers import HfArgumentParser, Trainer
+
+from adabalance_hf import AdaBalance
+from adabalance_hf.integrations.transformers import (
+    AdaBalanceTrainer,
+    AdaBalanceTrainingArguments,
+    adabalance_optimizer_kwargs,
+    trainer_param_groups,
+)
+
+NO_DECAY_BERT = {
+    "bert.embeddings.LayerNorm.weight",
+    "bert.embeddings.LayerNorm.bias",
+    "bert.encoder.layer.0.attention.output.LayerNorm.weight",
+    "bert.encoder.layer.0.output.LayerNorm.weight",
+    "bert.encoder.layer.0.attention.self.query.bias",
+    "classifier.bias",
+}
+DECAY_BERT = {
+    "bert.embeddings.word_embeddings.weight",
+    "bert.encoder.layer.0.attention.self.query.weight",
+    "classifier.weight",
+}
+NO_DECAY_GPT2 = {
+    "transformer.h.0.ln_1.weight",
+    "transformer.h.0.ln_2.weight",
+    "transformer.ln_f.weight",
+    "transformer.ln_f.bias",
+    "transformer.h.0.attn.c_attn.bias",
+}
+DECAY_GPT2 = {"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight"}
+
+
+def check_groups(model, optimizer, weight_decay, no_decay, decay):
+    """Two groups as the Trainer builds them: biases and norm weights without weight decay."""
+    assert len(optimizer.param_groups) == 2
+    decay_group, no_decay_group = optimizer.param_groups
+    assert decay_group["weight_decay"] == weight_decay
+    assert no_decay_group["weight_decay"] == 0.0
+    decay_names = param_names(model, decay_group["params"])
+    no_decay_names = param_names(model, no_decay_group["params"])
+    assert no_decay <= no_decay_names and not (no_decay & decay_names)
+    assert decay <= decay_names
+    assert all("bias" not in name for name in decay_names)
+    assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_trained(model, before):
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert "classifier.weight" in moved or "transformer.h.0.attn.c_attn.weight" in moved
+
+
+def test_trainer_param_groups_match_the_trainer(tmp_path):
+    for model in (tiny_bert(), tiny_gpt2()):
+        stock = Trainer(model=model, args=make_args(tmp_path, weight_decay=0.1))
+        stock_groups = stock.create_optimizer().param_groups
+        ours = trainer_param_groups(model, 0.1)
+        for mine, theirs in zip(ours, stock_groups, strict=True):
+            assert [id(p) for p in mine["params"]] == [id(p) for p in theirs["params"]]
+            assert mine["weight_decay"] == theirs["weight_decay"]
+
+
+def test_way1_optimizer_object_with_plain_trainer(tmp_path):
+    """Trainer(optimizers=(AdaBalance(...), None)): the Trainer's scheduler drives lr."""
+    model = tiny_bert()
+    args = make_args(tmp_path, weight_decay=0.01, warmup_steps=2, max_steps=6)
+    optimizer = AdaBalance(
+        trainer_param_groups(model, args.weight_decay),
+        **adabalance_optimizer_kwargs(args, final_lr=0.05, decoupled_weight_decay=True),
+    )
+    check_groups(model, optimizer, 0.01, NO_DECAY_BERT, DECAY_BERT)
+    before = snapshot(model)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=classification_data(),
+        optimizers=(optimizer, None),
+    )
+    trainer.train()
+    assert inner_optimizer(trainer) is optimizer
+    assert_trained(model, before)
+    logged = [e["learning_rate"] for e in trainer.state.log_history if "loss" in e]
+    # lr used by each step: linear warmup over 2 steps, then linear decay to 0 after step 6
+    assert logged == pytest.approx([0.0, 5e-3, 1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    for group in optimizer.param_groups:
+        assert group["base_lr"] == 1e-2 and group["final_lr"] == 0.05
+        assert group["lr"] == 0.0
+
+
+def test_way2_optimizer_cls_and_kwargs_injects_lr(tmp_path):
+    """Trainer(optimizer_cls_and_kwargs=(AdaBalance, adabalance_optimizer_kwargs(args)))."""
+    model = tiny_gpt2()
+    args = make_args(
+        tmp_path, learning_rate=3e-3, adam_beta1=0.8, adam_epsilon=1e-7, weight_decay=0.05
+    )
+    kwargs = adabalance_optimizer_kwargs(args, final_lr=0.02, gamma=1e-2)
+    before = snapshot(model)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=lm_data(),
+        optimizer_cls_and_kwargs=(AdaBalance, kwargs),
+    )
+    trainer.train()
+    optimizer = inner_optimizer(trainer)
+    assert type(optimizer) is AdaBalance
+    check_groups(model, optimizer, 0.05, NO_DECAY_GPT2, DECAY_GPT2)
+    for group in optimizer.param_groups:
+        # base_lr is the lr the optimizer was created with: the injected learning_rate.
+        assert group["base_lr"] == 3e-3
+        assert group["betas"] == (0.8, 0.999) and group["eps"] == 1e-7
+        assert group["final_lr"] == 0.02 and group["gamma"] == 1e-2
+    assert_trained(model, before)
+
+
+def test_way2_without_the_helper_runs_at_the_default_rate(tmp_path):
+    """The trap the helper exists for: stock transformers does not pass learning_rate."""
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=make_args(tmp_path, learning_rate=3e-3),
+        optimizer_cls_and_kwargs=(AdaBalance, {}),
+    )
+    assert trainer.create_optimizer().param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["bert", "gpt2"])
+def test_way3_optim_name_with_adabalance_trainer(tmp_path, model_name):
+    if model_name == "bert":
+        model, data, no_decay, decay = tiny_bert(), classification_data(), NO_DECAY_BERT, DECAY_BERT
+        args = make_args(
+            tmp_path,
+            AdaBalanceTrainingArguments,
+            optim="adabalancew",
+            weight_decay=0.01,
+            optim_args="final_lr=0.05,gamma=1e-2",
+        )
+    else:
+        model, data, no_decay, decay = tiny_gpt2(), lm_data(), NO_DECAY_GPT2, DECAY_GPT2
+        (args,) = HfArgumentParser(AdaBalanceTrainingArguments).parse_args_into_dataclasses(
+            [
+                "--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu",
+                "--disable_tqdm", "true", "--max_steps", "6", "--learning_rate", "1e-2",
+                "--per_device_train_batch_size", "4", "--logging_steps", "2",
+                "--save_strategy", "no", "--weight_decay", "0.01",
+                "--optim", "adabalance_amsbound", "--adabalance_final_lr", "0.05",
+            ]
+        )  # fmt: skip
+    before = snapshot(model)
+    trainer = AdaBalanceTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    optimizer = inner_optimizer(trainer)
+    assert type(optimizer) is AdaBalance
+    check_groups(model, optimizer, 0.01, no_decay, decay)
+    group = optimizer.param_groups[0]
+    assert group["base_lr"] == 1e-2 and group["final_lr"] == 0.05
+    assert group["decoupled_weight_decay"] is (model_name == "bert")
+    assert group["amsbound"] is (model_name == "gpt2")
+    if model_name == "gpt2":
+        assert all("max_exp_avg_sq" in optimizer.state[p] for p in group["params"])
+    assert_trained(model, before)
+    assert any("adabalance/lower_bound" in e for e in trainer.state.log_history)
+
+
+def test_builtin_name_through_adabalance_trainer(tmp_path):
+    model = tiny_bert()
+    args = make_args(tmp_path, AdaBalanceTrainingArguments, optim="adamw_torch", max_steps=2)
+    trainer = AdaBalanceTrainer(model=model, args=args, train_dataset=classification_data())
+    trainer.train()
+    assert type(inner_optimizer(trainer)) is torch.optim.AdamW
+    assert not any(key.startswith("adabalance/") for e in trainer.state.log_history for key in e)
