@@ -28,12 +28,19 @@ CONFIGS = {
 }
 
 
+PATHS = {
+    "per_tensor": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
 @pytest.mark.filterwarnings("error")
-@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+@pytest.mark.parametrize("path", list(PATHS.values()), ids=list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-def test_matches_float64_oracle(config: dict, dtype: torch.dtype, foreach: bool) -> None:
-    errors = run_parity({**config, "foreach": foreach}, dtype, steps=300)
+def test_matches_float64_oracle(config: dict, dtype: torch.dtype, path: dict) -> None:
+    errors = run_parity({**config, **path}, dtype, steps=300)
     assert max(errors.values()) <= TOLERANCE[dtype], errors
 
 
@@ -50,14 +57,14 @@ def test_oracle_comparison_detects_a_wrong_bound() -> None:
     assert errors["param"] > 1e-6
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
-def test_paths_agree_on_mixed_dtypes_in_one_group(foreach: bool) -> None:
+@pytest.mark.parametrize("path", list(PATHS.values()), ids=list(PATHS))
+def test_paths_agree_on_mixed_dtypes_in_one_group(path: dict) -> None:
     torch.manual_seed(0)
     params = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(2, 2)]
     reference = [p.clone().requires_grad_() for p in params]
     candidate = [p.clone().requires_grad_() for p in params]
     opt_ref = AdaBalance(reference, lr=1e-2, gamma=0.05, foreach=False)
-    opt = AdaBalance(candidate, lr=1e-2, gamma=0.05, foreach=foreach)
+    opt = AdaBalance(candidate, lr=1e-2, gamma=0.05, **path)
     for _ in range(30):
         for ref, cand in zip(reference, candidate, strict=True):
             grad = torch.randn_like(ref)

@@ -1,4 +1,9 @@
-"""Multi-tensor (foreach) AdaBalance step: ``torch._foreach_*`` kernels per device and dtype."""
+"""Multi-tensor (foreach) AdaBalance step: ``torch._foreach_*`` kernels per device and dtype.
+
+Tensors are processed in chunks, so the step's temporaries never exceed one chunk: at most 10%
+of the parameters' elements, or the largest tensor if that is bigger (torch's foreach AdamW
+allocates a full-size temporary for every parameter at once).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,40 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _view_as_real
 
-from ._step_scalars import step_scalars
+from ._precision import compute_dtype, write_back
+from ._step_scalars import StepScalars, step_scalars
 
-__all__ = ["_multi_tensor_adabalance"]
+__all__ = ["_multi_tensor_adabalance", "chunk_bounds", "transient_budget"]
+
+TRANSIENT_FRACTION = 0.1
+
+
+def transient_budget(numels: list[int]) -> int:
+    """Most elements one chunk may hold: 10% of all elements, or the largest tensor.
+
+    Args:
+        numels (list of int): element counts of the tensors of one step.
+    """
+    return max(int(sum(numels) * TRANSIENT_FRACTION), max(numels, default=0))
+
+
+def chunk_bounds(numels: list[int], budget: int) -> list[tuple[int, int]]:
+    """Split ``range(len(numels))`` into consecutive ``(start, end)`` runs of at most ``budget``
+    elements each (a tensor larger than the budget forms a run of its own).
+
+    Args:
+        numels (list of int): element counts, in order.
+        budget (int): most elements per run.
+    """
+    bounds, start, total = [], 0, 0
+    for index, numel in enumerate(numels):
+        if index > start and total + numel > budget:
+            bounds.append((start, index))
+            start, total = index, 0
+        total += numel
+    if start < len(numels):
+        bounds.append((start, len(numels)))
+    return bounds
 
 
 def _multi_tensor_adabalance(
@@ -21,6 +57,7 @@ def _multi_tensor_adabalance(
     exp_avg_lrs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
+    master_params: list[Tensor] | None,
     *,
     amsbound: bool,
     has_complex: bool,
@@ -35,38 +72,25 @@ def _multi_tensor_adabalance(
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
+    stochastic_round: bool,
 ) -> None:
     if len(params) == 0:
         return
-
-    grouped_tensors = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, max_exp_avg_sqs, state_steps]  # type: ignore[list-item]
-    )
-    for (
-        device_params_,
-        device_grads_,
-        device_exp_avgs_,
-        device_exp_avg_sqs_,
-        device_exp_avg_lrs_,
-        device_max_exp_avg_sqs_,
-        device_state_steps_,
-    ), _ in grouped_tensors.values():
-        device_params = cast(list[Tensor], device_params_)
-        device_grads = cast(list[Tensor], device_grads_)
-        device_exp_avgs = cast(list[Tensor], device_exp_avgs_)
-        device_exp_avg_sqs = cast(list[Tensor], device_exp_avg_sqs_)
-        device_exp_avg_lrs = cast(list[Tensor], device_exp_avg_lrs_)
-        device_max_exp_avg_sqs = cast(list[Tensor], device_max_exp_avg_sqs_)
-        device_state_steps = cast(list[Tensor], device_state_steps_)
+    budget = transient_budget([p.numel() for p in params])
+    tensor_lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, max_exp_avg_sqs]
+    tensor_lists += [state_steps, master_params if master_params is not None else []]
+    grouped_tensors = Optimizer._group_tensors_by_device_and_dtype(tensor_lists)  # type: ignore[arg-type]
+    for device_lists_, _ in grouped_tensors.values():
+        device_lists = [cast(list[Tensor], tensors) for tensors in device_lists_]
+        device_params, device_grads, device_exp_avgs, device_exp_avg_sqs = device_lists[:4]
+        device_exp_avg_lrs, device_max_exp_avg_sqs, device_state_steps = device_lists[4:7]
+        device_master_params = device_lists[7] if master_params is not None else None
 
         if has_complex:
             state_lists = [device_grads, device_exp_avgs, device_exp_avg_sqs, device_exp_avg_lrs]
             if amsbound:
                 state_lists.append(device_max_exp_avg_sqs)
             _view_as_real(device_params, *state_lists)
-
-        if maximize:
-            device_grads = torch._foreach_neg(device_grads)  # type: ignore[assignment]
 
         torch._foreach_add_(device_state_steps, 1)
         scalars = [
@@ -81,40 +105,107 @@ def _multi_tensor_adabalance(
             )
             for step in device_state_steps
         ]
+        for start, end in chunk_bounds([p.numel() for p in device_params], budget):
+            _step_chunk(
+                device_params[start:end],
+                device_grads[start:end],
+                device_exp_avgs[start:end],
+                device_exp_avg_sqs[start:end],
+                device_exp_avg_lrs[start:end],
+                device_max_exp_avg_sqs[start:end] if amsbound else None,
+                device_master_params[start:end] if device_master_params is not None else None,
+                scalars[start:end],
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                beta3=beta3,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                stochastic_round=stochastic_round,
+            )
 
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(device_params, 1 - lr * weight_decay)
-            elif maximize:
-                # device_grads is already a private copy: add in place.
-                torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
-            else:
-                device_grads = torch._foreach_add(  # type: ignore[assignment]
-                    device_grads, device_params, alpha=weight_decay
-                )
 
-        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
-        torch._foreach_mul_(device_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
-        del device_grads
+def _step_chunk(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
+    master_params: list[Tensor] | None,
+    scalars: list[StepScalars],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    stochastic_round: bool,
+) -> None:
+    low_precision = params[0].dtype != compute_dtype(params[0].dtype)
+    if master_params is not None:
+        targets = master_params
+    elif low_precision:
+        targets = [p.to(compute_dtype(p.dtype)) for p in params]
+    else:
+        targets = params
 
-        if amsbound:
-            # The reference divides by sqrt(1 - beta2**t) only without amsbound; kept for parity.
-            torch._foreach_maximum_(device_max_exp_avg_sqs, device_exp_avg_sqs)
-            buffers = torch._foreach_sqrt(device_max_exp_avg_sqs)
+    if weight_decay != 0 and decoupled_weight_decay:
+        torch._foreach_mul_(targets, 1 - lr * weight_decay)
+
+    # One temporary list per chunk: a private copy of the gradients where they must change
+    # (sign, L2 term, dtype), reused for the denominators and the clamped rates.
+    l2 = weight_decay != 0 and not decoupled_weight_decay
+    buffers: list[Tensor] | None = None
+    effective_grads = grads
+    if maximize or l2 or low_precision:
+        buffers = [torch.empty_like(t) for t in targets]
+        torch._foreach_copy_(buffers, grads)
+        if maximize:
+            torch._foreach_neg_(buffers)
+        if l2:
+            torch._foreach_add_(buffers, targets, alpha=weight_decay)
+        effective_grads = buffers
+
+    torch._foreach_lerp_(exp_avgs, effective_grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, effective_grads, effective_grads, 1 - beta2)
+
+    if max_exp_avg_sqs is not None:
+        # The reference divides by sqrt(1 - beta2**t) only without amsbound; kept for parity.
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        second_moments = max_exp_avg_sqs
+    else:
+        second_moments = exp_avg_sqs
+    if buffers is None:
+        buffers = torch._foreach_sqrt(second_moments)
+    else:
+        torch._foreach_copy_(buffers, second_moments)
+        torch._foreach_sqrt_(buffers)
+    if max_exp_avg_sqs is None:
+        torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
+    torch._foreach_add_(buffers, eps)
+
+    # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom.
+    torch._foreach_reciprocal_(buffers)
+    torch._foreach_mul_(buffers, [(1 - beta3) * s.step_size for s in scalars])
+    torch._foreach_mul_(exp_avg_lrs, beta3)
+    torch._foreach_add_(exp_avg_lrs, buffers)
+
+    torch._foreach_copy_(buffers, exp_avg_lrs)
+    torch._foreach_clamp_min_(buffers, [s.lower for s in scalars])
+    torch._foreach_clamp_max_(buffers, [s.upper for s in scalars])
+    torch._foreach_mul_(buffers, exp_avgs)
+    torch._foreach_sub_(targets, buffers)
+
+    if low_precision:
+        if stochastic_round:
+            for param, target in zip(params, targets, strict=True):
+                write_back(param, target, stochastic_round=True)
         else:
-            buffers = torch._foreach_sqrt(device_exp_avg_sqs)
-            torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
-        torch._foreach_add_(buffers, eps)
-
-        # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom.
-        torch._foreach_reciprocal_(buffers)
-        torch._foreach_mul_(buffers, [(1 - beta3) * s.step_size for s in scalars])
-        torch._foreach_mul_(device_exp_avg_lrs, beta3)
-        torch._foreach_add_(device_exp_avg_lrs, buffers)
-
-        torch._foreach_copy_(buffers, device_exp_avg_lrs)
-        torch._foreach_clamp_min_(buffers, [s.lower for s in scalars])
-        torch._foreach_clamp_max_(buffers, [s.upper for s in scalars])
-        torch._foreach_mul_(buffers, device_exp_avgs)
-        torch._foreach_sub_(device_params, buffers)
+            torch._foreach_copy_(params, targets)

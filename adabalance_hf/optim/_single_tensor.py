@@ -1,10 +1,11 @@
-"""Per-tensor AdaBalance step: one tensor at a time, one reused temporary per tensor."""
+"""Per-tensor AdaBalance step: one tensor at a time, one temporary per tensor."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ._precision import compute_dtype, write_back
 from ._step_scalars import step_scalars
 
 __all__ = ["_single_tensor_adabalance"]
@@ -18,6 +19,7 @@ def _single_tensor_adabalance(
     exp_avg_lrs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
+    master_params: list[Tensor] | None,
     *,
     amsbound: bool,
     has_complex: bool,
@@ -32,12 +34,14 @@ def _single_tensor_adabalance(
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
+    stochastic_round: bool,
 ) -> None:
     for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
+        grad = grads[i]
         exp_avg = exp_avgs[i]
         exp_avg_sq = exp_avg_sqs[i]
         exp_avg_lr = exp_avg_lrs[i]
+        max_exp_avg_sq = max_exp_avg_sqs[i] if amsbound else None
         step_t = state_steps[i]
 
         step_t += 1
@@ -51,30 +55,49 @@ def _single_tensor_adabalance(
             gamma=gamma,
         )
 
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(param, alpha=weight_decay)
+        # The tensor the arithmetic updates: the parameter itself, its fp32 master copy, or a
+        # temporary fp32 copy of a low-precision parameter that has no master copy.
+        if master_params is not None:
+            target = master_params[i]
+        elif param.dtype != compute_dtype(param.dtype):
+            target = param.to(compute_dtype(param.dtype))
+        else:
+            target = param
 
-        if has_complex and torch.is_complex(param):
+        if has_complex and torch.is_complex(target):
             grad = torch.view_as_real(grad)
             exp_avg = torch.view_as_real(exp_avg)
             exp_avg_sq = torch.view_as_real(exp_avg_sq)
             exp_avg_lr = torch.view_as_real(exp_avg_lr)
-            if amsbound:
-                max_exp_avg_sqs[i] = torch.view_as_real(max_exp_avg_sqs[i])
-            param = torch.view_as_real(param)
+            if max_exp_avg_sq is not None:
+                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+            target = torch.view_as_real(target)
+
+        if weight_decay != 0 and decoupled_weight_decay:
+            target.mul_(1 - lr * weight_decay)
+
+        # One temporary per tensor: a private copy of the gradient where it must change (sign,
+        # L2 term, dtype), reused below for the denominator and the clamped rate.
+        l2 = weight_decay != 0 and not decoupled_weight_decay
+        if maximize or l2 or grad.dtype != target.dtype:
+            buffer = grad.to(target.dtype, copy=True)
+            if maximize:
+                buffer.neg_()
+            if l2:
+                buffer.add_(target, alpha=weight_decay)
+            grad = buffer
+        else:
+            buffer = torch.empty_like(target)
 
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
-        if amsbound:
+        if max_exp_avg_sq is not None:
             # The reference divides by sqrt(1 - beta2**t) only without amsbound; kept for parity.
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            buffer = max_exp_avg_sqs[i].sqrt()
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            torch.sqrt(max_exp_avg_sq, out=buffer)
         else:
-            buffer = exp_avg_sq.sqrt().div_(scalars.bias_correction2_sqrt)
+            torch.sqrt(exp_avg_sq, out=buffer).div_(scalars.bias_correction2_sqrt)
         buffer.add_(eps)
 
         # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom, accumulated in place.
@@ -82,4 +105,7 @@ def _single_tensor_adabalance(
         exp_avg_lr.mul_(beta3).add_(buffer)
 
         torch.clamp(exp_avg_lr, scalars.lower, scalars.upper, out=buffer)
-        param.sub_(buffer.mul_(exp_avg))
+        target.sub_(buffer.mul_(exp_avg))
+
+        if param.dtype != compute_dtype(param.dtype):
+            write_back(param, target, stochastic_round)

@@ -73,12 +73,14 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     _check_range("final_lr", group["final_lr"], low=0.0)
     _check_range("gamma", group["gamma"], low=0.0, high=1.0)
     _check_range("weight_decay", group["weight_decay"], low=0.0)
-    for flag in ("amsbound", "decoupled_weight_decay", "maximize"):
+    flags = ("amsbound", "decoupled_weight_decay", "maximize")
+    for flag in (*flags, "master_weights", "bf16_stochastic_round"):
         if not isinstance(group[flag], bool):
             raise ValueError(
                 f"Invalid {flag}: {group[flag]!r} (type {type(group[flag]).__name__}); "
                 f"pass True or False"
             )
-    foreach = group.get("foreach")
-    if foreach is not None and not isinstance(foreach, bool):
-        raise ValueError(f"Invalid foreach: {foreach!r}; pass None, True or False")
+    for option in ("foreach", "fused"):
+        value = group.get(option)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"Invalid {option}: {value!r}; pass None, True or False")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -15,9 +15,10 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from ._precision import LOW_PRECISION_DTYPES, full_precision_state
 from ._state_dict_checks import check_state_dict
 from ._validation import validate_hyperparameters
-from .functional import adabalance
+from .functional import _select, adabalance
 
 __all__ = ["AdaBalance"]
 
@@ -27,8 +28,24 @@ _OPTION_DEFAULTS = {
     "decoupled_weight_decay": False,
     "maximize": False,
     "foreach": None,
+    "fused": None,
+    "master_weights": True,
+    "bf16_stochastic_round": False,
     "differentiable": False,
 }
+
+
+_TENSOR_LISTS = (
+    "params",
+    "grads",
+    "exp_avgs",
+    "exp_avg_sqs",
+    "exp_avg_lrs",
+    "max_exp_avg_sqs",
+    "state_steps",
+    "master_params",
+    "low_precision",
+)
 
 
 def _as_float(value: float | Tensor) -> float:
@@ -88,8 +105,18 @@ class AdaBalance(Optimizer):
             ``p *= 1 - lr * weight_decay`` with the group's current ``lr``. Default: ``False``
         maximize (bool, optional): maximize the objective instead of minimizing it.
             Default: ``False``
-        foreach (bool, optional): use the multi-tensor ``torch._foreach_*`` implementation.
-            ``None`` picks it where torch would (all parameters on CUDA). Default: ``None``
+        foreach (bool, optional): use the multi-tensor ``torch._foreach_*`` implementation,
+            in chunks of at most 10% of the parameters' elements. ``None`` picks it where torch
+            would (all parameters on CUDA). Default: ``None``
+        fused (bool, optional): use one ``torch.compile``-generated kernel per tensor (CPU and
+            CUDA; the first step compiles). Default: ``None`` (not fused)
+        master_weights (bool, optional): for bf16/fp16 parameters, keep an fp32 master copy in
+            the state (``"master_param"``), do the arithmetic on it and write the rounded result
+            into the parameter. State (m, v, s) of such parameters is fp32 either way.
+            Default: ``True``
+        bf16_stochastic_round (bool, optional): without master weights, round bf16 results
+            stochastically instead of to nearest, so that small updates survive in expectation.
+            Default: ``False``
 
     Example:
         >>> # xdoctest: +SKIP
@@ -98,6 +125,11 @@ class AdaBalance(Optimizer):
         >>> loss_fn(model(input), target).backward()
         >>> optimizer.step()
     """
+
+    # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
+    # unscaling itself, which also lets fp16 parameters (whose gradients it refuses to unscale)
+    # train under it.
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -114,6 +146,9 @@ class AdaBalance(Optimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        master_weights: bool = True,
+        bf16_stochastic_round: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -127,9 +162,14 @@ class AdaBalance(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            master_weights=master_weights,
+            bf16_stochastic_round=bf16_stochastic_round,
             differentiable=False,
         )
         validate_hyperparameters(defaults)
+        if fused and foreach:
+            raise RuntimeError("AdaBalance: `foreach` and `fused` cannot both be True; pick one")
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -143,6 +183,15 @@ class AdaBalance(Optimizer):
             validate_hyperparameters({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if group["fused"]:
+            for position, param in enumerate(group["params"]):
+                if not param.is_floating_point():
+                    self.param_groups.pop()
+                    raise RuntimeError(
+                        f"AdaBalance(fused=True) needs floating-point parameters; parameter "
+                        f"{position} of param group {len(self.param_groups)} is {param.dtype}. "
+                        f"Use foreach=True or fused=False."
+                    )
         group.setdefault("base_lr", _as_float(group["lr"]))
         if group["base_lr"] == 0.0 and group["final_lr"] != 0.0:
             warnings.warn(
@@ -180,20 +229,21 @@ class AdaBalance(Optimizer):
                 keys (a state dict of another optimizer), or holds tensors of other shapes.
         """
         check_state_dict(self.param_groups, state_dict)
+        # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
+        fp32_state = full_precision_state(self.param_groups, state_dict)
         super().load_state_dict(state_dict)
+        for param, entries in fp32_state.items():
+            self.state[param].update(entries)
 
     def _init_group(
-        self,
-        group_index: int,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        exp_avg_lrs: list[Tensor],
-        max_exp_avg_sqs: list[Tensor],
-        state_steps: list[Tensor],
+        self, group_index: int, group: dict[str, Any], tensors: dict[str, list[Tensor]]
     ) -> bool:
+        """Create missing state and gather the group's tensors that have a gradient.
+
+        Fills ``tensors`` (parallel lists keyed ``params``, ``grads``, ``exp_avgs``,
+        ``exp_avg_sqs``, ``exp_avg_lrs``, ``max_exp_avg_sqs``, ``state_steps``,
+        ``master_params``, ``low_precision``) and returns whether any parameter is complex.
+        """
         has_complex = False
         for position, param in enumerate(group["params"]):
             if param.grad is None:
@@ -206,27 +256,33 @@ class AdaBalance(Optimizer):
                     f"torch.optim.SparseAdam for this parameter."
                 )
             has_complex |= torch.is_complex(param)
-            params.append(param)
-            grads.append(param.grad)
-
+            low_precision = param.dtype in LOW_PRECISION_DTYPES
             state = self.state[param]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_lr"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state_dtype = torch.float32 if low_precision else param.dtype
+                for key in ("exp_avg", "exp_avg_sq", "exp_avg_lr"):
+                    state[key] = torch.zeros_like(
+                        param, dtype=state_dtype, memory_format=torch.preserve_format
+                    )
             if group["amsbound"] and "max_exp_avg_sq" not in state:
                 # Also reached when amsbound is switched on mid-run: the maximum starts now.
-                state["max_exp_avg_sq"] = torch.zeros_like(
-                    param, memory_format=torch.preserve_format
-                )
+                state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
+            if low_precision and group["master_weights"] and "master_param" not in state:
+                # Also reached after loading a state dict saved without master weights.
+                state["master_param"] = param.detach().to(torch.float32, copy=True)
 
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            exp_avg_lrs.append(state["exp_avg_lr"])
+            tensors["params"].append(param)
+            tensors["grads"].append(param.grad)
+            tensors["exp_avgs"].append(state["exp_avg"])
+            tensors["exp_avg_sqs"].append(state["exp_avg_sq"])
+            tensors["exp_avg_lrs"].append(state["exp_avg_lr"])
             if group["amsbound"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            state_steps.append(state["step"])
+                tensors["max_exp_avg_sqs"].append(state["max_exp_avg_sq"])
+            tensors["state_steps"].append(state["step"])
+            if low_precision and group["master_weights"]:
+                tensors["master_params"].append(state["master_param"])
+            tensors["low_precision"].append(low_precision)  # type: ignore[arg-type]
         return has_complex
 
     @_use_grad_for_differentiable
@@ -242,37 +298,27 @@ class AdaBalance(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling): skip a step with
+        # inf/nan gradients entirely, and unscale the gradients of the others.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.item() != 0:
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+
         for group_index, group in enumerate(self.param_groups):
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            exp_avg_sqs: list[Tensor] = []
-            exp_avg_lrs: list[Tensor] = []
-            max_exp_avg_sqs: list[Tensor] = []
-            state_steps: list[Tensor] = []
-            has_complex = self._init_group(
-                group_index,
-                group,
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                exp_avg_lrs,
-                max_exp_avg_sqs,
-                state_steps,
-            )
-            if not params:
+            tensors: dict[str, list[Tensor]] = {key: [] for key in _TENSOR_LISTS}
+            has_complex = self._init_group(group_index, group, tensors)
+            if not tensors["params"]:
                 continue
+            if grad_scale is not None:
+                torch._foreach_mul_(tensors["grads"], 1.0 / grad_scale.item())
+            low_precision = cast(list[bool], tensors.pop("low_precision"))
+            master_params = tensors.pop("master_params")
+            lists = list(tensors.values())
             beta1, beta2 = group["betas"]
-            adabalance(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                exp_avg_lrs,
-                max_exp_avg_sqs,
-                state_steps,
+            options = dict(
                 foreach=group["foreach"],
+                fused=group["fused"],
                 has_complex=has_complex,
                 amsbound=group["amsbound"],
                 lr=_as_float(group["lr"]),
@@ -286,5 +332,15 @@ class AdaBalance(Optimizer):
                 weight_decay=_as_float(group["weight_decay"]),
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 maximize=group["maximize"],
+                stochastic_round=group["bf16_stochastic_round"],
             )
+            if not any(low_precision):
+                adabalance(*lists, None, **options)
+                continue
+            # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
+            native = [not low for low in low_precision]
+            if any(native):
+                adabalance(*_select(lists, native), None, **options)
+            masters = master_params if group["master_weights"] else None
+            adabalance(*_select(lists, low_precision), masters, **options)
         return loss
