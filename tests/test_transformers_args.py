@@ -50,6 +50,19 @@ def test_names_registry_offers_variants_and_fused_only_when_supported():
     assert "fused" in optim_args_keys(WithFused)
 
 
+@pytest.mark.skipif(
+    "fused" not in inspect.signature(AdaBalance).parameters, reason="AdaBalance has no fused yet"
+)
+def test_fused_names_select_the_fused_path(tmp_path):
+    for optim, decoupled in (("adabalance_fused", False), ("adabalancew_fused", True)):
+        cls, kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(ab_args(tmp_path, optim=optim))
+        assert cls is AdaBalance and kwargs["fused"] is True
+        assert kwargs.get("decoupled_weight_decay", False) is decoupled
+    with pytest.raises(ValueError, match="foreach") as error:
+        ab_args(tmp_path, optim="adabalance_fused", optim_args="foreach=true")
+    assert "optim='adabalance_fused'" in str(error.value)
+
+
 def test_unknown_name_fails_at_construction_listing_valid_names(tmp_path):
     with pytest.raises(ValueError) as error:
         ab_args(tmp_path, optim="adabalanse")

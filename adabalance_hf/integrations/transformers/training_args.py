@@ -217,7 +217,7 @@ class AdaBalanceTrainingArguments(TrainingArguments):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 AdaBalance([probe], **kwargs)
-        except ValueError as error:
+        except (ValueError, RuntimeError) as error:
             raise ValueError(
                 f"AdaBalanceTrainingArguments(optim={self.optim!r}): {error}. The AdaBalance "
                 f"arguments were {kwargs}, built from learning_rate, adam_beta1, adam_beta2, "
