@@ -39,6 +39,7 @@ def run_parity(
     steps: int = 300,
     make_optimizer: Callable[..., torch.optim.Optimizer] = AdaBalance,
     seed: int = 0,
+    compare_master: bool = False,
 ) -> dict[str, float]:
     """Run the scenario and return the worst relative error per quantity against the oracle.
 
@@ -48,6 +49,8 @@ def run_parity(
         steps (int): number of optimizer steps.
         make_optimizer (Callable): builds the optimizer from ``(param_groups, **config)``.
         seed (int): seed of the random problem.
+        compare_master (bool): compare the fp32 master copy (low-precision parameters) with the
+            oracle, and check that the parameter holds it rounded to nearest.
 
     Returns:
         dict: ``{"param": err, "exp_avg": err, "exp_avg_sq": err, "exp_avg_lr": err}``.
@@ -103,7 +106,7 @@ def run_parity(
             oracle.step(g, oracle_grads, hypers[g])
         optimizer.step()
 
-    return _worst_errors(optimizer, live_groups, oracle)
+    return _worst_errors(optimizer, live_groups, oracle, compare_master)
 
 
 def _defaults() -> dict[str, Any]:
@@ -122,13 +125,19 @@ def _worst_errors(
     optimizer: torch.optim.Optimizer,
     live_groups: list[list[torch.Tensor]],
     oracle: OracleAdaBalance,
+    compare_master: bool,
 ) -> dict[str, float]:
     errors = {"param": 0.0, "exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_lr": 0.0}
     fields = {"exp_avg": "m", "exp_avg_sq": "v", "exp_avg_lr": "s"}
     for g, params in enumerate(live_groups):
         for live, ref_state in zip(params, oracle.groups[g].tensors, strict=True):
-            errors["param"] = max(errors["param"], relative_error(live, ref_state.param))
             state = optimizer.state[live]
+            if compare_master:
+                master = state["master_param"]
+                assert master.dtype == torch.float32
+                assert torch.equal(live.detach(), master.to(live.dtype)), "param != master"
+                live = master
+            errors["param"] = max(errors["param"], relative_error(live, ref_state.param))
             assert int(state["step"].item()) == ref_state.step, "step counts differ"
             for key, attr in fields.items():
                 ref = getattr(ref_state, attr)

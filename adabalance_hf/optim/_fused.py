@@ -10,6 +10,7 @@ element of one small tensor, so a learning-rate schedule never recompiles.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from collections.abc import Callable
 
@@ -67,8 +68,17 @@ def _adabalance_kernel(
 
 
 @functools.cache
-def _compiled_kernel() -> Callable[..., None]:
-    return torch.compile(_adabalance_kernel, fullgraph=True, dynamic=True)
+def _compiled_kernel(variant: tuple) -> Callable[..., None]:
+    """The compiled kernel for one variant (dtypes, device type, amsbound, write mode).
+
+    Each variant gets a copy of the kernel with a code object of its own, because dynamo keeps
+    one cache, with a limit of 8 entries, per code object: variants sharing one would evict each
+    other and, with ``fullgraph=True``, fail once the limit is hit.
+    """
+    name = "_adabalance_kernel_" + "_".join(str(part).replace(".", "_") for part in variant)
+    code = _adabalance_kernel.__code__.replace(co_name=name)
+    kernel = types.FunctionType(code, _adabalance_kernel.__globals__, name)
+    return torch.compile(kernel, fullgraph=True, dynamic=True)
 
 
 def fused_kernel_supports(tensors: list[Tensor]) -> bool:
@@ -86,13 +96,13 @@ def _local(tensor: Tensor) -> Tensor:
     return to_local() if to_local is not None else tensor
 
 
-def _run_kernel(*args: object) -> None:
+def _run_kernel(variant: tuple, *args: object) -> None:
     try:
         with warnings.catch_warnings():
             # Compiling imports torch modules that raise DeprecationWarnings about torch.jit;
             # they concern torch itself, not the caller.
             warnings.simplefilter("ignore", DeprecationWarning)
-            _compiled_kernel()(*args)
+            _compiled_kernel(variant)(*args)
     except Exception as error:
         raise RuntimeError(
             "AdaBalance(fused=True) could not compile its kernel with torch.compile (a C++ "
@@ -162,9 +172,12 @@ def _fused_adabalance(
             master = None
         else:
             write_mode, master = _WRITE_IN_PLACE, None
+        grad = grads[i]
+        variant = (param.device.type, param.dtype, grad.dtype, dtype, amsbound, write_mode)
         _run_kernel(
+            variant,
             _local(param).view(-1),
-            _local(grads[i]).view(-1),
+            _local(grad).view(-1),
             _local(exp_avgs[i]).view(-1),
             _local(exp_avg_sqs[i]).view(-1),
             _local(exp_avg_lrs[i]).view(-1),
