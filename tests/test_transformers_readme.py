@@ -35,6 +35,6 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), namespace)
         trainer = namespace["trainer"]
         assert trainer.state.global_step == trainer.args.max_steps
-    assert (tmp_path / "out-object" / "checkpoint-10" / "optimizer.pt").is_file()
+    assert (tmp_path / "out-object" / "checkpoint-5" / "optimizer.pt").is_file()
     assert namespace["args"].optim == "adabalance"
     assert any("adabalance/frac_between" in e for e in trainer.state.log_history)
