@@ -158,23 +158,24 @@ def _step_chunk(
     if weight_decay != 0 and decoupled_weight_decay:
         torch._foreach_mul_(targets, 1 - lr * weight_decay)
 
-    # One temporary list per chunk: a private copy of the gradients where they must change
-    # (sign, L2 term, dtype), reused for the denominators and the clamped rates.
+    # One temporary list at a time per chunk (each is dropped before the next is made): a
+    # private copy of the gradients where they must change (sign, L2 term, dtype), then the
+    # denominators, then the clamped rates. No torch._foreach_copy_: DTensor lacks it.
     l2 = weight_decay != 0 and not decoupled_weight_decay
-    buffers: list[Tensor] | None = None
     effective_grads = grads
-    if maximize or l2 or low_precision:
-        buffers = [torch.empty_like(t) for t in targets]
-        torch._foreach_copy_(buffers, grads)
-        if maximize:
-            torch._foreach_neg_(buffers)
-        if l2:
-            torch._foreach_add_(buffers, targets, alpha=weight_decay)
-        effective_grads = buffers
+    if low_precision:
+        effective_grads = [g.to(compute_dtype(g.dtype)) for g in grads]
+    elif maximize or l2:
+        effective_grads = torch._foreach_mul(grads, 1.0)
+    if maximize:
+        torch._foreach_neg_(effective_grads)
+    if l2:
+        torch._foreach_add_(effective_grads, targets, alpha=weight_decay)
 
     torch._foreach_lerp_(exp_avgs, effective_grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, effective_grads, effective_grads, 1 - beta2)
+    del effective_grads
 
     if max_exp_avg_sqs is not None:
         # The reference divides by sqrt(1 - beta2**t) only without amsbound; kept for parity.
@@ -182,11 +183,7 @@ def _step_chunk(
         second_moments = max_exp_avg_sqs
     else:
         second_moments = exp_avg_sqs
-    if buffers is None:
-        buffers = torch._foreach_sqrt(second_moments)
-    else:
-        torch._foreach_copy_(buffers, second_moments)
-        torch._foreach_sqrt_(buffers)
+    buffers = torch._foreach_sqrt(second_moments)
     if max_exp_avg_sqs is None:
         torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
     torch._foreach_add_(buffers, eps)
@@ -197,15 +194,12 @@ def _step_chunk(
     torch._foreach_mul_(exp_avg_lrs, beta3)
     torch._foreach_add_(exp_avg_lrs, buffers)
 
-    torch._foreach_copy_(buffers, exp_avg_lrs)
-    torch._foreach_clamp_min_(buffers, [s.lower for s in scalars])
+    del buffers
+    buffers = torch._foreach_clamp_min(exp_avg_lrs, [s.lower for s in scalars])
     torch._foreach_clamp_max_(buffers, [s.upper for s in scalars])
     torch._foreach_mul_(buffers, exp_avgs)
     torch._foreach_sub_(targets, buffers)
 
     if low_precision:
-        if stochastic_round:
-            for param, target in zip(params, targets, strict=True):
-                write_back(param, target, stochastic_round=True)
-        else:
-            torch._foreach_copy_(params, targets)
+        for param, target in zip(params, targets, strict=True):
+            write_back(param, target, stochastic_round)
