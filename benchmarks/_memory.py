@@ -151,7 +151,8 @@ def self_check(numel: int = 4_000_000) -> dict[str, int | None]:
     def case_c() -> None:
         x.mul_(1.0).add_(0.0)
 
-    measured = {
+    measured: dict[str, int | None] = {
+        "case_a_expected": 2 * size,
         "case_a": peak_extra_bytes_cpu(case_a),
         "case_b": peak_extra_bytes_cpu(case_b),
         "case_c": peak_extra_bytes_cpu(case_c),

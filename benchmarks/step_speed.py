@@ -40,9 +40,14 @@ How it measures:
   by the number of parameters, for fp32 parameters, and for bf16 parameters with
   ``AdaBalance(..., master_weights=True)`` when that option exists.
 
-``--json PATH`` writes the same figures to a file. Memory: a set's parameters, gradients and
-initial copy take 3x its parameter memory, an optimizer about 3x more plus its temporaries; the
-largest (GPT-2, the reference loop) peaks near 4 GiB.
+* Disturbance: the CPU time used by every other process (and stolen by the hypervisor) during
+  each row's timed steps, from ``/proc/stat`` minus this process's own time, is recorded; a
+  table whose worst row saw more than 0.25 CPUs of it is flagged for a rerun on an idle machine.
+
+``--json PATH`` writes the same figures to a file (all step times, minimum, disturbance).
+
+Memory: a set's parameters, gradients and initial copy take 3x its parameter memory, an optimizer
+about 3x more plus its temporaries; a full run peaks near 4 GiB of RSS.
 """
 
 from __future__ import annotations
@@ -75,6 +80,13 @@ from adabalance_hf import AdaBalance
 
 MiB = 1024**2
 SEED = 0
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (stdout carries only the report)."""
+    print(f"[{time.perf_counter() - _START:7.1f} s] {message}", file=sys.stderr, flush=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # Parameter sets
@@ -483,7 +495,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cpu or cuda (default: cuda if available)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="3 timed steps, 1 warm-up: a smoke run"
+        "--quick",
+        action="store_true",
+        help="3 timed steps, 1 warm-up, fused warm-up probe on the first set only: a smoke run",
     )
     parser.add_argument(
         "--no-fused-warmup",
@@ -532,6 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass
     memory_check = self_check() if device.type == "cpu" else None
+    if memory_check is not None:
+        rss, expected = memory_check["case_a_rss"], memory_check["case_a_expected"]
+        print(
+            f"peak-memory method checked: a known peak of {expected / MiB:.2f} MiB measured as "
+            f"{memory_check['case_a'] / MiB:.2f} MiB by the profiler"
+            + (f", {rss / MiB:.2f} MiB by the RSS high-water mark" if rss is not None else "")
+            + f"; in-place ops {memory_check['case_c']} bytes"
+        )
     check_reference(device)
     specs = row_specs()
     report: dict[str, Any] = {
@@ -544,11 +566,13 @@ def main(argv: list[str] | None = None) -> int:
     for set_name in args.sets.split(","):
         title, shapes_fn = PARAM_SETS[set_name]
         shapes = shapes_fn()
+        progress(f"{set_name}: building parameters and gradients")
         init, grads = make_tensors(shapes, device, torch.float32)
         numel = sum(p.numel() for p in init)
         param_bytes = numel * 4
         by_key = {}
         for spec in specs:
+            progress(f"{set_name}: {spec.optimizer} {spec.path}")
             by_key[(spec.optimizer, spec.path)] = run_row(
                 spec, init, grads, device, args.warmup, args.repeats
             )
@@ -560,11 +584,14 @@ def main(argv: list[str] | None = None) -> int:
         del init, grads
         gc.collect()
 
+        progress(f"{set_name}: first fused step in fresh processes, bf16 state")
         fused_spec = next(s for s in specs if s.optimizer == "AdaBalance" and s.path == "fused")
         if fused_spec.make is None:
             warm: dict[str, Any] = {"skipped": fused_spec.unavailable}
         elif args.no_fused_warmup:
             warm = {"skipped": "--no-fused-warmup"}
+        elif args.quick and set_name != args.sets.split(",")[0]:
+            warm = {"skipped": "--quick measures it on the first set only"}
         else:
             warm = fused_warmup(set_name, args)
         bf16 = bf16_master_state_bytes(shapes, device)
@@ -596,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
 
+    progress("done")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")
