@@ -17,7 +17,15 @@ _TRANSFORMERS_NAMES = {
 }
 
 
+# The distributed factory, imported on first use (it imports transformers when called).
+_DISTRIBUTED_NAMES = {"create_optimizer"}
+
+
 def __getattr__(name: str):
+    if name in _DISTRIBUTED_NAMES:
+        from . import distributed as _distributed
+
+        return getattr(_distributed, name)
     if name in _TRANSFORMERS_NAMES:
         from .integrations import transformers as _integration
 

@@ -1,0 +1,226 @@
+"""``create_optimizer``: AdaBalance with transformers-style parameter groups, for every engine."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..optim import AdaBalance
+from .launch_checks import check_launch
+
+if TYPE_CHECKING:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+__all__ = ["Sharding", "create_optimizer", "param_groups"]
+
+Sharding = Literal["none", "zero1", "fsdp2"]
+_SHARDINGS = ("none", "zero1", "fsdp2")
+
+
+def _adabalance_arguments() -> list[str]:
+    return [name for name in inspect.signature(AdaBalance).parameters if name != "params"]
+
+
+def _is_dtensor(param: Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(param, DTensor)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    no_decay: Iterable[str | type[nn.Module]] = (),
+    trainer_cls: type | None = None,
+) -> list[dict[str, Any]]:
+    """Return the non-empty decay / no-decay parameter groups of ``model``.
+
+    The rule is the Trainer's (``trainer_param_groups``: no weight decay on biases and
+    LayerNorm/RMSNorm weights), extended by ``no_decay``.
+
+    Args:
+        model (nn.Module): the model (plain, DDP-wrapped, or sharded with ``fully_shard``).
+        weight_decay (float): weight decay of the decay group.
+        no_decay (iterable of str or module types, optional): more parameters without weight
+            decay: a string is a regular expression searched in the lower-cased parameter name
+            (as transformers does, e.g. ``"embeddings"``), a module class excludes the
+            parameters of every module of that class (e.g. ``nn.Embedding``). Default: ``()``
+        trainer_cls (type, optional): the ``transformers.Trainer`` subclass whose
+            ``get_decay_parameter_names`` defines the rule. Default: ``transformers.Trainer``
+
+    Returns:
+        list[dict]: ``{"params": [...], "weight_decay": ...}`` groups, empty ones left out.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or a ``no_decay`` entry is neither a
+            string nor an ``nn.Module`` subclass.
+        ValueError: if ``model`` has no parameter with ``requires_grad=True``.
+    """
+    from transformers import Trainer
+
+    from ..integrations.transformers import trainer_param_groups
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"create_optimizer: `model` must be a torch.nn.Module, got {type(model).__name__}; "
+            f"pass the model itself (not model.parameters())"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"create_optimizer: `model` ({type(model).__name__}) has no trainable parameters "
+            f"(none with requires_grad=True); unfreeze some (p.requires_grad_(True)) before "
+            f"building the optimizer"
+        )
+    patterns: list[re.Pattern[str]] = []
+    module_types: list[type[nn.Module]] = []
+    for entry in no_decay:
+        if isinstance(entry, str):
+            patterns.append(re.compile(entry))
+        elif isinstance(entry, type) and issubclass(entry, nn.Module):
+            module_types.append(entry)
+        else:
+            raise TypeError(
+                f"create_optimizer: `no_decay` entries must be regular-expression strings or "
+                f"nn.Module subclasses, got {entry!r}"
+            )
+    base = trainer_cls if trainer_cls is not None else Trainer
+    if patterns or module_types:
+        excluded = {
+            f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules()
+            if isinstance(module, tuple(module_types))
+            for name, _ in module.named_parameters(recurse=False)
+        }
+
+        def decay_names(self: Any, model: nn.Module) -> list[str]:
+            names = base.get_decay_parameter_names(self, model)
+            return [
+                name
+                for name in names
+                if name not in excluded and not any(p.search(name.lower()) for p in patterns)
+            ]
+
+        name = f"{base.__name__}WithNoDecay"
+        rule = type(name, (base,), {"get_decay_parameter_names": decay_names})
+    else:
+        rule = base
+    groups = trainer_param_groups(model, weight_decay, trainer_cls=rule)
+    return [group for group in groups if group["params"]]
+
+
+def create_optimizer(
+    model: nn.Module,
+    lr: float | Tensor = 1e-3,
+    weight_decay: float = 0.0,
+    *,
+    no_decay: Iterable[str | type[nn.Module]] = (),
+    sharding: Sharding = "none",
+    process_group: dist.ProcessGroup | None = None,
+    trainer_cls: type | None = None,
+    check_setup: bool = True,
+    **adabalance_kwargs: Any,
+) -> AdaBalance | ZeroRedundancyOptimizer:
+    """Build AdaBalance for ``model`` with transformers-style decay / no-decay parameter groups.
+
+    The result is ready for ``accelerator.prepare(model, optimizer, ...)`` (gradient
+    accumulation, ``accelerator.clip_grad_norm_``), for a DDP-wrapped model, for DeepSpeed as a
+    client optimizer (``deepspeed.initialize(model=model, optimizer=optimizer, ...)`` with
+    ``"zero_allow_untested_optimizer": true``), and, with ``sharding``, for ZeRO-1 and FSDP2.
+
+    Args:
+        model (nn.Module): the model to optimize. For FSDP2, the model after ``fully_shard``.
+        lr (float or Tensor, optional): learning rate (also the groups' ``base_lr``).
+            Default: ``1e-3``
+        weight_decay (float, optional): weight decay of the decay group; biases and
+            LayerNorm/RMSNorm weights get none (the Trainer's rule). Default: ``0.0``
+        no_decay (iterable of str or module types, optional): more parameters without weight
+            decay: regular expressions searched in lower-cased parameter names, or module
+            classes. Default: ``()``
+        sharding (str, optional): ``"none"``: a plain AdaBalance (single process, DDP,
+            DeepSpeed, accelerate); ``"zero1"``: a
+            ``torch.distributed.optim.ZeroRedundancyOptimizer`` with
+            ``optimizer_class=AdaBalance`` (optimizer state sharded by whole tensors; needs an
+            initialised process group); ``"fsdp2"``: checks that the model was sharded with
+            ``fully_shard`` first (all trainable parameters are DTensors), so that the
+            optimizer holds the sharded parameters and its state is sharded too.
+            Default: ``"none"``
+        process_group (ProcessGroup, optional): the group ZeRO-1 shards over. Default: the
+            default group
+        trainer_cls (type, optional): a ``transformers.Trainer`` subclass whose
+            ``get_decay_parameter_names`` defines the rule. Default: ``transformers.Trainer``
+        check_setup (bool, optional): run :func:`check_launch` and warn about launches that
+            silently run fewer processes than requested or drop a requested engine.
+            Default: ``True``
+        **adabalance_kwargs: other :class:`~adabalance_hf.AdaBalance` arguments
+            (``final_lr``, ``gamma``, ``betas``, ``foreach``, ``fused``, ...).
+
+    Returns:
+        AdaBalance or ZeroRedundancyOptimizer: the optimizer.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or an argument is not an AdaBalance
+            argument (the message lists the valid ones).
+        ValueError: if the model has no trainable parameters, ``sharding`` is unknown,
+            ``sharding="fsdp2"`` is requested for a model that is not sharded, or
+            ``sharding="zero1"`` for one that is.
+        RuntimeError: if ``sharding="zero1"`` is requested without an initialised process group.
+    """
+    valid = _adabalance_arguments()
+    unknown = sorted(set(adabalance_kwargs) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"create_optimizer: unknown argument(s) {unknown}; AdaBalance accepts "
+            f"{', '.join(valid)} (and create_optimizer: model, lr, weight_decay, no_decay, "
+            f"sharding, process_group, trainer_cls, check_setup)"
+        )
+    if sharding not in _SHARDINGS:
+        raise ValueError(
+            f"create_optimizer: `sharding` must be one of {_SHARDINGS}, got {sharding!r}; "
+            f"DDP, DeepSpeed and accelerate take the plain optimizer (sharding='none')"
+        )
+    groups = param_groups(model, weight_decay, no_decay=no_decay, trainer_cls=trainer_cls)
+    trainable = [p for group in groups for p in group["params"]]
+    sharded = [_is_dtensor(p) for p in trainable]
+    if sharding == "fsdp2" and not all(sharded):
+        plain = sum(1 for s in sharded if not s)
+        raise ValueError(
+            f"create_optimizer(sharding='fsdp2'): {plain} of {len(trainable)} trainable "
+            f"parameters are not DTensors: the model is not (fully) sharded. Call "
+            f"`torch.distributed.fsdp.fully_shard` on its layers and on the model first, then "
+            f"create the optimizer (an optimizer built before fully_shard holds the replaced, "
+            f"unsharded parameters and trains nothing)"
+        )
+    if check_setup:
+        check_launch(sharded_model=any(sharded), stacklevel=3)
+    if sharding != "zero1":
+        return AdaBalance(groups, lr=lr, **adabalance_kwargs)
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "create_optimizer(sharding='zero1') needs an initialised torch.distributed process "
+            "group: call torch.distributed.init_process_group('gloo' on CPU, 'nccl' on GPU) or "
+            "create the Accelerator (Accelerator(cpu=True) on CPU) before create_optimizer"
+        )
+    if any(sharded):
+        raise ValueError(
+            "create_optimizer(sharding='zero1'): the model's parameters are DTensors (already "
+            "sharded with fully_shard); FSDP2 shards the optimizer state itself: use "
+            "sharding='fsdp2'"
+        )
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return ZeroRedundancyOptimizer(
+        groups,
+        optimizer_class=AdaBalance,
+        process_group=process_group,
+        lr=lr,
+        **adabalance_kwargs,
+    )

@@ -1,0 +1,292 @@
+"""Spawned 2-process (gloo, 127.0.0.1) workers for the distributed tests: one per engine.
+
+Worker functions live here, in an importable module, because ``spawn`` re-imports them in each
+child. :func:`run_workers` starts the processes, joins them with a hard timeout (killing any
+that are left) and returns what each rank returned, or raises with the failing rank's traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+STEPS = 5
+PER_RANK = 4  # samples per rank per step: the global batch is WORLD * PER_RANK
+SEQ = 8
+VOCAB = 64
+OPT_KWARGS: dict[str, Any] = {"lr": 1e-2, "weight_decay": 0.01, "final_lr": 0.05, "gamma": 0.1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and data
+
+
+def tiny_bert(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer BERT classifier of width 32, no dropout (deterministic)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def batches(steps: int = STEPS, size: int = WORLD * PER_RANK, seed: int = 1) -> list[dict]:
+    """``steps`` global batches of ``size`` rows."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        ids = torch.randint(0, VOCAB, (size, SEQ), generator=generator)
+        labels = torch.randint(0, 2, (size,), generator=generator)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's contiguous slice of a global batch."""
+    size = batch["labels"].shape[0] // world
+    return {k: v[rank * size : (rank + 1) * size] for k, v in batch.items()}
+
+
+def full_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded copies of the parameters, keyed by name without wrapper prefixes."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, param in model.named_parameters():
+        value = param.detach()
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
+        out[name.removeprefix("module.")] = value.clone()
+    return out
+
+
+def train_steps(model, optimizer, data: list[dict], rank: int = 0, world: int = 1) -> None:
+    for batch in data:
+        optimizer.zero_grad(set_to_none=True)
+        model(**shard(batch, rank, world)).loss.backward()
+        optimizer.step()
+
+
+def reference_run(steps: int = STEPS, **overrides: Any) -> dict[str, Any]:
+    """One process, the global batch: the result every engine must reproduce."""
+    from adabalance_hf import create_optimizer
+    from adabalance_hf.distributed import optimizer_state_bytes
+
+    model = tiny_bert()
+    optimizer = create_optimizer(model, **{**OPT_KWARGS, **overrides})
+    train_steps(model, optimizer, batches(steps))
+    return {"params": full_params(model), "state_bytes": optimizer_state_bytes(optimizer)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Process management
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _set_env(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+    )
+
+
+def _entry(
+    rank: int, world: int, port: int, out_dir: str, fn: Callable, init: bool, args: tuple
+) -> None:
+    torch.set_num_threads(1)
+    _set_env(rank, world, port)
+    path = Path(out_dir) / f"rank{rank}.pt"
+    try:
+        if init:
+            dist.init_process_group(
+                "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+            )
+        result = fn(rank, world, *args)
+        if dist.is_initialized():
+            dist.barrier()
+        torch.save({"result": result}, path)
+    except BaseException:
+        torch.save({"error": traceback.format_exc()}, path)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_workers(
+    fn: Callable, *args: Any, world: int = WORLD, timeout: float = 120.0, init: bool = True
+) -> list[Any]:
+    """Run ``fn(rank, world, *args)`` in ``world`` spawned processes; return each rank's result.
+
+    With ``init`` each process joins a gloo group on 127.0.0.1 first (else ``fn`` does, e.g.
+    through accelerate; the env vars of torchrun are set either way). A process that fails ends
+    the run; past ``timeout`` seconds all are killed and the test fails.
+    """
+    context = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as out_dir:
+        processes = [
+            context.Process(target=_entry, args=(rank, world, port, out_dir, fn, init, args))
+            for rank in range(world)
+        ]
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + timeout
+        failed = None
+        while time.monotonic() < deadline:
+            codes = [p.exitcode for p in processes]
+            if any(code not in (None, 0) for code in codes):
+                failed = "a rank failed"
+                time.sleep(2.0)  # let the others write their error too
+                break
+            if all(code == 0 for code in codes):
+                break
+            time.sleep(0.05)
+        else:
+            failed = f"timed out after {timeout:.0f} s"
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join(5)
+        results, errors = [], []
+        for rank in range(world):
+            path = Path(out_dir) / f"rank{rank}.pt"
+            record = torch.load(path, weights_only=False) if path.exists() else None
+            if record is None:
+                errors.append(f"rank {rank}: no result (exit code {processes[rank].exitcode})")
+            elif "error" in record:
+                errors.append(f"rank {rank}:\n{record['error']}")
+            else:
+                results.append(record["result"])
+        if failed or errors:
+            raise AssertionError(f"{fn.__name__}: {failed or 'error'}\n" + "\n".join(errors))
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine workers: each trains STEPS steps on its slice of the global batches
+
+
+def _result(model, optimizer) -> dict[str, Any]:
+    from adabalance_hf.distributed import optimizer_state_bytes
+
+    return {"params": full_params(model), "state_bytes": optimizer_state_bytes(optimizer)}
+
+
+def ddp_worker(rank: int, world: int, sharding: str) -> dict[str, Any]:
+    """DDP, with a plain AdaBalance (``sharding="none"``) or ZeRO-1 (``"zero1"``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from adabalance_hf import create_optimizer
+
+    model = DistributedDataParallel(tiny_bert())
+    optimizer = create_optimizer(model, sharding=sharding, **OPT_KWARGS)
+    train_steps(model, optimizer, batches(), rank, world)
+    result = _result(model, optimizer)
+    result["optimizer_type"] = type(optimizer).__name__
+    return result
+
+
+def fsdp2_model(mesh=None) -> torch.nn.Module:
+    """The tiny BERT with every encoder layer and the root sharded by ``fully_shard``."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = tiny_bert()
+    for layer in model.bert.encoder.layer:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def fsdp2_worker(rank: int, world: int, path: dict) -> dict[str, Any]:
+    """FSDP2 (``fully_shard``), the optimizer built after sharding, on the given path."""
+    from torch.distributed.tensor import DTensor
+
+    from adabalance_hf import create_optimizer
+
+    model = fsdp2_model()
+    optimizer = create_optimizer(model, sharding="fsdp2", **OPT_KWARGS, **path)
+    train_steps(model, optimizer, batches(), rank, world)
+    states = [s for s in optimizer.state.values()]
+    result = _result(model, optimizer)
+    result["dtensor_state"] = all(isinstance(s["exp_avg_lr"], DTensor) for s in states)
+    result["n_states"] = len(states)
+    return result
+
+
+def deepspeed_worker(rank: int, world: int, stage: int) -> dict[str, Any]:
+    """DeepSpeed ZeRO-``stage`` with AdaBalance as the client optimizer, fp32, on CPU/gloo."""
+    import importlib
+
+    import deepspeed
+
+    from adabalance_hf import create_optimizer
+    from adabalance_hf.distributed import optimizer_state_bytes
+
+    # On CPU, deepspeed/comm/torch.py (TorchBackend.__init__ -> build_shm_op) JIT-compiles a
+    # shared-memory C++ op (about 50 s on 2 cores, once per machine) used only by inference
+    # all-reduce; training does not need it.
+    # (`deepspeed.comm.torch` as an attribute is the torch package, hence importlib.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    model = tiny_bert()
+    optimizer = create_optimizer(model, **OPT_KWARGS)
+    config = {
+        "train_micro_batch_size_per_gpu": PER_RANK,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=config
+    )
+    for batch in batches():
+        loss = engine(**shard(batch, rank, world)).loss
+        engine.backward(loss)
+        engine.step()
+    inner = ds_optimizer.optimizer
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
+        params = full_params(engine.module)
+    result = {
+        "params": params,
+        "state_bytes": optimizer_state_bytes(inner),
+        "inner_type": type(inner).__name__,
+        "flat_1d": all(p.dim() == 1 for g in inner.param_groups for p in g["params"]),
+        "group_decay": [g["weight_decay"] for g in inner.param_groups],
+    }
+    return result
