@@ -290,3 +290,97 @@ def deepspeed_worker(rank: int, world: int, stage: int) -> dict[str, Any]:
         "group_decay": [g["weight_decay"] for g in inner.param_groups],
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: save after SAVE_AT of STEPS steps, resume, finish
+
+SAVE_AT = 3
+
+
+def dcp_save_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
+    """FSDP2: train SAVE_AT steps, ``dcp.save`` model + optimizer, then finish uninterrupted."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from adabalance_hf import create_optimizer
+
+    model = fsdp2_model()
+    optimizer = create_optimizer(model, sharding="fsdp2", foreach=True, **OPT_KWARGS)
+    data = batches()
+    train_steps(model, optimizer, data[:SAVE_AT], rank, world)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=checkpoint)
+    train_steps(model, optimizer, data[SAVE_AT:], rank, world)
+    return {"params": full_params(model)}
+
+
+def dcp_load(model: torch.nn.Module, optimizer: Any, checkpoint: str) -> None:
+    """Load a DCP checkpoint into a fresh model + optimizer (any world size, sharded or not).
+
+    ``get_state_dict`` on the fresh optimizer runs DCP's state initialisation (one step with
+    zero gradients and ``lr`` 0), which must leave the parameters alone.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=checkpoint)
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+
+
+def dcp_resume_worker(rank: int, world: int, checkpoint: str, path: dict) -> dict[str, Any]:
+    """FSDP2 on ``world`` ranks: a fresh (differently initialised) model, load, finish."""
+    from torch.distributed.fsdp import fully_shard
+
+    from adabalance_hf import create_optimizer
+
+    model = tiny_bert(seed=1)
+    for layer in model.bert.encoder.layer:
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = create_optimizer(model, sharding="fsdp2", **OPT_KWARGS, **path)
+    dcp_load(model, optimizer, checkpoint)
+    steps = {float(s["step"]) for s in optimizer.state.values()}
+    train_steps(model, optimizer, batches()[SAVE_AT:], rank, world)
+    return {"params": full_params(model), "loaded_steps": steps}
+
+
+def zero1_save_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
+    """ZeRO-1: train SAVE_AT steps, consolidate on rank 0 and save, then finish uninterrupted."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from adabalance_hf import create_optimizer
+
+    model = DistributedDataParallel(tiny_bert())
+    optimizer = create_optimizer(model, sharding="zero1", **OPT_KWARGS)
+    data = batches()
+    train_steps(model, optimizer, data[:SAVE_AT], rank, world)
+    optimizer.consolidate_state_dict(to=0)  # a collective: every rank calls it
+    if rank == 0:
+        state = {"model": model.module.state_dict(), "optim": optimizer.state_dict()}
+        torch.save(state, checkpoint)
+    dist.barrier()
+    train_steps(model, optimizer, data[SAVE_AT:], rank, world)
+    return {"params": full_params(model)}
+
+
+def zero1_resume_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
+    """ZeRO-1 on ``world`` ranks: a fresh model, load the consolidated checkpoint, finish."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from adabalance_hf import create_optimizer
+    from adabalance_hf.distributed import optimizer_state_bytes
+
+    saved = torch.load(checkpoint, weights_only=True)
+    model = tiny_bert(seed=1)
+    model.load_state_dict(saved["model"])
+    model = DistributedDataParallel(model)
+    optimizer = create_optimizer(model, sharding="zero1", **OPT_KWARGS)
+    optimizer.load_state_dict(saved["optim"])
+    state_bytes = optimizer_state_bytes(optimizer)
+    train_steps(model, optimizer, batches()[SAVE_AT:], rank, world)
+    return {"params": full_params(model), "state_bytes": state_bytes}
