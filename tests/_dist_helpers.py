@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -246,20 +247,23 @@ def fsdp2_worker(rank: int, world: int, path: dict) -> dict[str, Any]:
     return result
 
 
-def deepspeed_worker(rank: int, world: int, stage: int) -> dict[str, Any]:
-    """DeepSpeed ZeRO-``stage`` with AdaBalance as the client optimizer, fp32, on CPU/gloo."""
+def skip_deepspeed_shm_build() -> None:
+    """Skip a ~50 s JIT compile: on CPU, deepspeed/comm/torch.py (TorchBackend.__init__ ->
+    build_shm_op) builds a shared-memory C++ op, used only by inference all-reduce."""
     import importlib
 
+    # (`deepspeed.comm.torch` as an attribute is the torch package, hence importlib.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def deepspeed_worker(rank: int, world: int, stage: int) -> dict[str, Any]:
+    """DeepSpeed ZeRO-``stage`` with AdaBalance as the client optimizer, fp32, on CPU/gloo."""
     import deepspeed
 
     from adabalance_hf import create_optimizer
     from adabalance_hf.distributed import optimizer_state_bytes
 
-    # On CPU, deepspeed/comm/torch.py (TorchBackend.__init__ -> build_shm_op) JIT-compiles a
-    # shared-memory C++ op (about 50 s on 2 cores, once per machine) used only by inference
-    # all-reduce; training does not need it.
-    # (`deepspeed.comm.torch` as an attribute is the torch package, hence importlib.)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    skip_deepspeed_shm_build()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     model = tiny_bert()
     optimizer = create_optimizer(model, **OPT_KWARGS)
@@ -384,3 +388,113 @@ def zero1_resume_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any
     state_bytes = optimizer_state_bytes(optimizer)
     train_steps(model, optimizer, batches()[SAVE_AT:], rank, world)
     return {"params": full_params(model), "state_bytes": state_bytes}
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate: the same training through Accelerator.prepare, with gradient accumulation and
+# accelerator.clip_grad_norm_ (spawned workers, and scripts started by `accelerate launch`)
+
+ACCUM = 2
+CLIP = 0.5
+GLOBAL_BATCH = 16  # samples per optimizer step, however many processes share them
+
+
+def _rows(steps: int) -> list[dict]:
+    (batch,) = batches(1, GLOBAL_BATCH * steps, seed=3)
+    return [{k: v[i] for k, v in batch.items()} for i in range(GLOBAL_BATCH * steps)]
+
+
+def accelerate_reference(steps: int = STEPS) -> dict[str, Any]:
+    """Plain loop: one global batch per step, clipped like accelerator.clip_grad_norm_."""
+    from adabalance_hf import create_optimizer
+
+    rows = _rows(steps)
+    model = tiny_bert()
+    optimizer = create_optimizer(model, **OPT_KWARGS)
+    for step in range(steps):
+        chunk = rows[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH]
+        batch = {k: torch.stack([row[k] for row in chunk]) for k in chunk[0]}
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+    return {"params": full_params(model)}
+
+
+def accelerate_train(
+    *, cpu: bool = True, deepspeed: bool = False, gloo_state: bool = True
+) -> dict[str, Any]:
+    """Train through ``Accelerator.prepare``; report world size, warnings and parameters.
+
+    With ``deepspeed`` (and ``gloo_state``) a gloo ``PartialState`` is created first: without it
+    DeepSpeed under accelerate on CPU counts a world size of 1.
+    """
+    import warnings
+
+    from accelerate import Accelerator, PartialState
+    from torch.utils.data import DataLoader
+
+    from adabalance_hf import create_optimizer
+    from adabalance_hf.distributed import DistributedSetupWarning
+
+    if deepspeed:
+        skip_deepspeed_shm_build()
+        if gloo_state:
+            PartialState(backend="gloo")
+        accelerator = Accelerator()
+    else:
+        accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=ACCUM)
+    world = accelerator.num_processes
+    accum = accelerator.gradient_accumulation_steps
+    micro = GLOBAL_BATCH // (world * accum)
+    model = tiny_bert()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer = create_optimizer(model, **OPT_KWARGS)
+    setup_warnings = [
+        str(w.message) for w in caught if issubclass(w.category, DistributedSetupWarning)
+    ]
+    for message in setup_warnings:  # visible even if a later step fails
+        print(f"DistributedSetupWarning: {message}", file=sys.stderr, flush=True)
+    loader = DataLoader(_rows(STEPS), batch_size=micro, shuffle=False)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    optimizer_steps = 0
+    for batch in loader:
+        with accelerator.accumulate(model):
+            accelerator.backward(model(**batch).loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), CLIP)
+                optimizer_steps += 1
+            optimizer.step()
+            optimizer.zero_grad()
+    unwrapped = accelerator.unwrap_model(model)
+    if deepspeed:  # ZeRO-3 partitions the parameters: gather them (a no-op for ZeRO-1/2)
+        import deepspeed as ds
+
+        with ds.zero.GatheredParameters(list(unwrapped.parameters())):
+            params = full_params(unwrapped)
+    else:
+        params = full_params(unwrapped)
+    return {
+        "num_processes": world,
+        "process_index": accelerator.process_index,
+        "distributed_type": str(accelerator.distributed_type),
+        "optimizer_steps": optimizer_steps,
+        "setup_warnings": setup_warnings,
+        "params": params,
+    }
+
+
+def accelerate_worker(rank: int, world: int, cpu: bool) -> dict[str, Any]:
+    return accelerate_train(cpu=cpu)
+
+
+if __name__ == "__main__":
+    # `accelerate launch [...] tests/_dist_helpers.py OUT_DIR [deepspeed] [no-gloo] [no-cpu]`:
+    # each process writes OUT_DIR/<pid>.pt with what accelerate_train returns.
+    torch.set_num_threads(1)
+    flags = sys.argv[2:]
+    result = accelerate_train(
+        cpu="no-cpu" not in flags, deepspeed="deepspeed" in flags, gloo_state="no-gloo" not in flags
+    )
+    torch.save(result, Path(sys.argv[1]) / f"{os.getpid()}.pt")
