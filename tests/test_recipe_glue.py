@@ -1,0 +1,237 @@
+"""recipes/glue.py end to end on a tiny BERT built from a config, and its data/metric helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+from _glue_data import TASKS, load_glue_data, read_glue_tsv  # noqa: E402
+from _glue_metrics import glue_metrics  # noqa: E402
+
+WORDS = "good great fine nice bad awful poor dull the a film food was is very not".split()
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _tiny_model(folder: Path, dropout: float) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    data = root / "SST-2"
+    data.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for name, count in (("train", 48), ("dev", 20)):
+        rows = ["sentence\tlabel"]
+        for i in range(count):
+            label = i % 2
+            word = WORDS[int(torch.randint(0, 4, (1,), generator=generator)) + 4 * (1 - label)]
+            rows.append(f"the film was {'very ' * (i % 3)}{word} \t{label}")
+        (data / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    return {
+        "data": data,
+        "model": _tiny_model(root / "model", dropout=0.1),
+        "model_nodrop": _tiny_model(root / "model_nodrop", dropout=0.0),
+    }
+
+
+def _args(setup, out: Path, *extra: str, model: str = "model") -> list[str]:
+    return [
+        "--task_name", "sst2", "--data_dir", str(setup["data"]),
+        "--model_name_or_path", str(setup[model]), "--output_dir", str(out),
+        "--per_device_train_batch_size", "4", "--num_train_epochs", "2", "--max_seq_length", "16",
+        "--logging_steps", "2", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def _run(argv: list[str]) -> int:
+    import glue
+
+    try:
+        return glue.main(argv)
+    finally:
+        _reset_accelerate()
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# --- data and metrics ---------------------------------------------------------------------
+
+
+def test_tsv_quirks_bom_no_header_unquoted_quotes(tmp_path):
+    mrpc = tmp_path / "mrpc.tsv"
+    mrpc.write_bytes(
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        '1\t1\t2\tHe said " the witness " lied .\tThe "witness" lied, he said .\n'
+        "0\t3\t4\tshort\n"  # malformed row: too few fields
+        "0\t5\t6\tA cat .\tA dog .\n".encode()
+    )
+    examples, skipped = read_glue_tsv(mrpc, TASKS["mrpc"])
+    assert skipped == 1
+    assert examples[0] == ('He said " the witness " lied .', 'The "witness" lied, he said .', 1)
+    assert examples[1] == ("A cat .", "A dog .", 0)
+
+    cola = tmp_path / "cola.tsv"
+    cola.write_text('gj04\t1\t\tThe sailors rode the breeze.\nxx\t0\t*\tRode "the" sailors.\n')
+    examples, _ = read_glue_tsv(cola, TASKS["cola"])
+    assert examples == [("The sailors rode the breeze.", None, 1), ('Rode "the" sailors.', None, 0)]
+
+    rte = tmp_path / "rte.tsv"
+    rte.write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tnot_entailment\n1\tC\tD\tentailment\n"
+    )
+    labels = [e.label for e in read_glue_tsv(rte, TASKS["rte"])[0]]
+    assert labels == [1, 0]  # the Hub's encoding: entailment 0, not_entailment 1
+
+
+def test_real_glue_files_parse_when_present():
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    if not root.is_dir():
+        pytest.skip("no ../shared/data/glue")
+    # MRPC's train.tsv holds 3,667 rows below its header (the data README says 3,668)
+    counts = {"SST-2": (67349, 872), "MRPC": (3667, 408), "RTE": (2490, 277), "CoLA": (8551, 1043)}
+    for task, (train, dev) in counts.items():
+        data = load_glue_data(task.lower(), str(root / task))
+        assert (len(data.train), len(data.evals["validation"])) == (train, dev), task
+    mrpc = load_glue_data("mrpc", str(root / "MRPC"))
+    assert mrpc.train[0].text_a.startswith("Amrozi accused his brother")
+    assert mrpc.train[0].label == 1
+
+
+def test_metrics_against_hand_computed_values():
+    preds, labels = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
+    # tp=2 fp=1 fn=1 tn=1: precision 2/3, recall 2/3
+    assert glue_metrics("mrpc", preds, labels) == pytest.approx({"accuracy": 0.6, "f1": 2 / 3})
+    mcc = (2 * 1 - 1 * 1) / math.sqrt(3 * 3 * 2 * 2)
+    assert glue_metrics("cola", preds, labels) == pytest.approx({"matthews_correlation": mcc})
+    assert glue_metrics("rte", preds, labels) == pytest.approx({"accuracy": 0.6})
+    stsb = glue_metrics("stsb", [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 3.0])
+    assert stsb["spearmanr"] == pytest.approx(0.8)  # ranks 1234 vs 1243: 1 - 6*2/(4*15)
+    x, y = torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([1.0, 2.0, 4.0, 3.0])
+    x, y = x - x.mean(), y - y.mean()
+    assert stsb["pearson"] == pytest.approx(float((x @ y) / (x.norm() * y.norm())))
+
+
+def test_bad_input_names_the_argument(setup, tmp_path, capsys):
+    import glue
+
+    with pytest.raises(ValueError, match="--task_name: unknown GLUE task 'sst3'"):
+        glue.parse_args(["--task_name", "sst3", "--model_name_or_path", "x"])
+    with pytest.raises(SystemExit):
+        glue.parse_args(["--task_name", "rte", "--model_name_or_path", "x", "--optimizer", "sgdx"])
+    assert "--optimizer: unknown optimizer 'sgdx'" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"--data_dir .*missing train\.tsv"):
+        load_glue_data("rte", str(tmp_path))
+
+
+def test_quickstart_arguments_and_bundled_data():
+    import glue
+
+    args = glue.parse_args([])
+    assert args.quickstart and args.task_name == "sst2" and args.optimizer == "adabalance"
+    data = load_glue_data(args.task_name, args.data_dir)
+    labels = [e.label for e in data.train]
+    assert len(data.train) >= 200 and len(data.evals["validation"]) >= 60
+    assert labels.count(0) == labels.count(1)
+    assert not {e.text_a for e in data.train} & {e.text_a for e in data.evals["validation"]}
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_train_interrupt_and_resume_match_an_uninterrupted_run(setup, tmp_path):
+    accum = ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
+    full = tmp_path / "full"
+    assert _run(_args(setup, full, *accum)) == 0
+    results = json.loads((full / "results.json").read_text())
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert results["epochs"][-1]["step"] == 24  # 48 examples / (2 x 2) per update x 2 epochs
+    diagnostics = results["adabalance_diagnostics"]
+    assert 0 <= diagnostics["lower_bound"] <= diagnostics["upper_bound"]
+    assert (full / "learning_curve.png").stat().st_size > 1000
+
+    # a real SIGINT at step 9 (mid-epoch 1): checkpoint saved, exit code 130, no final model
+    cut = tmp_path / "cut"
+    extra = ("--checkpointing_steps", "4", "--debug_interrupt_at_step", "9")
+    assert _run(_args(setup, cut, *accum, *extra)) == 130
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_4", "step_8", "step_9"]
+    assert not (cut / "results.json").exists()
+    assert _run(_args(setup, cut, *accum, "--resume_from_checkpoint", "latest")) == 0
+    resumed = json.loads((cut / "results.json").read_text())
+    assert resumed["epochs"] == results["epochs"]
+    assert len(resumed["train_loss"]) == len(results["train_loss"]) == 12
+    for (step, loss), (step_ref, loss_ref) in zip(
+        resumed["train_loss"], results["train_loss"], strict=True
+    ):
+        assert step == step_ref and loss == pytest.approx(loss_ref, rel=1e-6)
+    reference, other = _weights(full), _weights(cut)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(other[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_two_processes_match_one_process_with_accumulation(setup, tmp_path):
+    # AdamW at 1e-2 learns this tiny task in 24 updates; 4 epochs of 6 updates of 8 examples
+    extra = ("--optimizer", "adamw", "--learning_rate", "1e-2", "--num_train_epochs", "4")
+    one = tmp_path / "one"
+    accum = ("--gradient_accumulation_steps", "2")
+    assert _run(_args(setup, one, *extra, *accum, model="model_nodrop")) == 0
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RECIPES / "glue.py"), *_args(setup, two, *extra, model="model_nodrop"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results_one = json.loads((one / "results.json").read_text())
+    results_two = json.loads((two / "results.json").read_text())
+    assert results_two["num_processes"] == 2
+    assert results_two["epochs"][-1]["step"] == results_one["epochs"][-1]["step"] == 24
+    assert results_one["final_metrics"]["validation"]["accuracy"] == 1.0
+    assert results_two["final_metrics"]["validation"] == pytest.approx(
+        results_one["final_metrics"]["validation"]
+    )
+    for (step, loss), (step_ref, loss_ref) in zip(
+        results_two["train_loss"], results_one["train_loss"], strict=True
+    ):
+        assert step == step_ref and loss == pytest.approx(loss_ref, rel=1e-4)
+    weights_two = _weights(two)
+    for name, tensor in _weights(one).items():
+        if name.endswith("attention.self.key.bias"):
+            continue  # its exact gradient is 0 (softmax shift): Adam amplifies rounding noise
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
