@@ -1,0 +1,232 @@
+"""Causal-LM fine-tuning (or training from scratch) of GPT-2 with ``AdaBalanceTrainer``.
+
+The command line is ``HfArgumentParser`` over the model/data arguments below and
+``AdaBalanceTrainingArguments``, so every Trainer flag works, including ``--optim adabalance`` and
+``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. Examples::
+
+    # pretrained gpt2 on WikiText-2 from the Hub
+    python recipes/gpt2.py --model_name_or_path gpt2 --output_dir out/gpt2 --optim adabalance
+
+    # offline: a small GPT-2 from a config, a tokenizer trained on the training text, local files
+    python recipes/gpt2.py --config_overrides n_layer=4,n_embd=256,n_head=4 --train_tokenizer \
+        --train_file wiki/test.txt --validation_file wiki/valid.txt --output_dir out/gpt2-small \
+        --optim adabalance --learning_rate 1e-3 --num_train_epochs 1 --report_to none
+
+Writes the model, the tokenizer, ``results.json`` (arguments, optimizer settings, validation
+perplexity, log history with the AdaBalance bound diagnostics, wall time) to ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["DataArguments", "ModelArguments", "main"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "pretrained model: Hub id (gpt2) or local folder"}
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "train from scratch from this config (Hub id or folder); with neither "
+                  "this nor --model_name_or_path, GPT2Config() plus --config_overrides"},
+    )  # fmt: skip
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "size overrides, e.g. n_layer=4,n_embd=256,n_head=4"}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Hub id or folder (default: the model's or config's)"}
+    )
+    train_tokenizer: bool = field(
+        default=False, metadata={"help": "train a byte-level BPE tokenizer on the training text"}
+    )
+    tokenizer_vocab_size: int = field(default=8192, metadata={"help": "for --train_tokenizer"})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset (default wikitext, without local files)"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "e.g. the raw v1"})
+    train_file: str | None = field(default=None, metadata={"help": "local training text (.txt)"})
+    validation_file: str | None = field(default=None, metadata={"help": "local validation text"})
+    block_size: int = field(default=128, metadata={"help": "tokens per training sequence"})
+    max_train_blocks: int | None = field(default=None, metadata={"help": "keep the first N"})
+    max_eval_blocks: int | None = field(default=None, metadata={"help": "keep the first N"})
+
+
+def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
+    """Training and validation lines, from local files or the Hub."""
+    if data.train_file or data.validation_file:
+        texts = []
+        for flag, path in (("--train_file", data.train_file),
+                           ("--validation_file", data.validation_file)):  # fmt: skip
+            if not path or not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"{flag} {path}: no such file; pass both --train_file and --validation_file "
+                    f"(plain text), or neither to use --dataset_name from the Hub"
+                )
+            texts.append(Path(path).read_text(encoding="utf-8").splitlines())
+        return texts[0], texts[1], f"files:{data.train_file},{data.validation_file}"
+    import datasets
+
+    name = data.dataset_name or "Salesforce/wikitext"
+    config = data.dataset_config_name or ("wikitext-2-raw-v1" if "wikitext" in name else None)
+    try:
+        raw = datasets.load_dataset(name, config)
+    except Exception as error:
+        raise RuntimeError(
+            f"could not load {name}/{config} from the Hub ({error}); offline, pass "
+            f"--train_file and --validation_file"
+        ) from error
+    column = "text" if "text" in raw["train"].column_names else raw["train"].column_names[0]
+    return list(raw["train"][column]), list(raw["validation"][column]), f"hub:{name}/{config}"
+
+
+def train_tokenizer(lines: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``lines``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(lines, trainer)
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=eos, eos_token=eos, unk_token=eos
+    )
+
+
+def build_model(model_args: ModelArguments, vocab_size: int):
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+    if model_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
+        if model.get_input_embeddings().num_embeddings < vocab_size:
+            model.resize_token_embeddings(vocab_size)
+        return model
+    if model_args.config_name:
+        config = AutoConfig.from_pretrained(model_args.config_name)
+    else:
+        config = GPT2Config()
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    config.vocab_size = vocab_size
+    return AutoModelForCausalLM.from_config(config)
+
+
+def blocks(lines: list[str], tokenizer, block_size: int, limit: int | None) -> list[dict]:
+    """Tokenize, concatenate and cut into ``block_size`` chunks (the remainder is dropped)."""
+    lines = [line for line in lines if line.strip()]
+    ids: list[int] = []
+    for start in range(0, len(lines), 1000):
+        for encoded in tokenizer(lines[start : start + 1000])["input_ids"]:
+            ids.extend(encoded)
+    count = len(ids) // block_size
+    if limit is not None:
+        count = min(count, limit)
+    return [
+        {"input_ids": ids[i * block_size : (i + 1) * block_size],
+         "labels": ids[i * block_size : (i + 1) * block_size]}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def parse(argv=None):
+    from transformers import HfArgumentParser
+
+    from adabalance_hf import AdaBalanceTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, AdaBalanceTrainingArguments))
+    if argv is not None and len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None) -> dict:
+    started = time.time()
+    model_args, data_args, training_args = parse(argv)
+    from transformers import AutoTokenizer, default_data_collator, set_seed
+
+    from adabalance_hf import AdaBalanceTrainer
+
+    set_seed(training_args.seed)
+    train_lines, eval_lines, source = load_texts(data_args)
+    if model_args.train_tokenizer:
+        tokenizer = train_tokenizer(train_lines, model_args.tokenizer_vocab_size)
+    else:
+        name = (model_args.tokenizer_name or model_args.model_name_or_path
+                or model_args.config_name)  # fmt: skip
+        if not name:
+            raise ValueError(
+                "no tokenizer: pass --tokenizer_name (Hub id or folder), "
+                "--model_name_or_path, or --train_tokenizer to train one on the training text"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    model = build_model(model_args, len(tokenizer))
+    max_positions = getattr(model.config, "n_positions", data_args.block_size)
+    if data_args.block_size > max_positions:
+        raise ValueError(
+            f"--block_size {data_args.block_size} exceeds the model's n_positions "
+            f"{max_positions}; lower it or raise n_positions in --config_overrides"
+        )
+    train_set = blocks(train_lines, tokenizer, data_args.block_size, data_args.max_train_blocks)
+    eval_set = blocks(eval_lines, tokenizer, data_args.block_size, data_args.max_eval_blocks)
+    if not train_set or not eval_set:
+        raise ValueError(
+            f"fewer than --block_size {data_args.block_size} tokens in the training or "
+            f"validation text; lower --block_size or give more text"
+        )
+
+    trainer = AdaBalanceTrainer(
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+        processing_class=tokenizer, data_collator=default_data_collator,
+    )  # fmt: skip
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    eval_metrics = trainer.evaluate()
+    perplexity = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 50 else math.inf
+    trainer.save_model()
+    optimizer = trainer.optimizer
+    inner = getattr(optimizer, "optimizer", optimizer)
+    hyper = {k: v for k, v in inner.param_groups[0].items() if k != "params"}
+    results = {
+        "model_arguments": asdict(model_args),
+        "data_arguments": asdict(data_args),
+        "training_arguments": json.loads(training_args.to_json_string()),
+        "data_source": source,
+        "train_blocks": len(train_set),
+        "eval_blocks": len(eval_set),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "optimizer": {"class": type(inner).__name__,
+                      **{k: v for k, v in hyper.items() if isinstance(v, (int, float, bool))}},
+        "train_metrics": train_output.metrics,
+        "eval_metrics": eval_metrics,
+        "validation_perplexity": perplexity,
+        "log_history": trainer.state.log_history,
+        "wall_time_s": time.time() - started,
+    }  # fmt: skip
+    if trainer.is_world_process_zero():
+        out = Path(training_args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        print(f"validation perplexity {perplexity:.2f} ({source}); wrote {out}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
