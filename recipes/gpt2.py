@@ -5,11 +5,11 @@ The command line is ``HfArgumentParser`` over the model/data arguments below and
 ``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. Examples::
 
     # pretrained gpt2 on WikiText-2 from the Hub
-    python recipes/gpt2.py --model_name_or_path gpt2 --output_dir out/gpt2 --optim adabalance
+    python recipes/gpt2.py --model_name_or_path gpt2 --output_dir outputs/gpt2 --optim adabalance
 
     # offline: a small GPT-2 from a config, a tokenizer trained on the training text, local files
     python recipes/gpt2.py --config_overrides n_layer=4,n_embd=256,n_head=4 --train_tokenizer \
-        --train_file wiki/test.txt --validation_file wiki/valid.txt --output_dir out/gpt2-small \
+        --train_file wiki/test.txt --validation_file wiki/valid.txt --output_dir outputs/gpt2s \
         --optim adabalance --learning_rate 1e-3 --num_train_epochs 1 --report_to none
 
 Writes the model, the tokenizer, ``results.json`` (arguments, optimizer settings, validation

