@@ -66,7 +66,7 @@ def test_groups_follow_the_trainer_rule(clean_env) -> None:
 def test_no_decay_extends_the_rule_by_pattern_and_module_type(clean_env) -> None:
     model = tiny_bert()
     names = {id(p): n for n, p in model.named_parameters()}
-    by_pattern = create_optimizer(model, weight_decay=0.1, no_decay=["position_embeddings"])
+    by_pattern = create_optimizer(model, weight_decay=0.1, no_decay=["Position_Embeddings"])
     by_type = create_optimizer(model, weight_decay=0.1, no_decay=[nn.Embedding])
     decayed = {names[id(p)] for p in by_pattern.param_groups[0]["params"]}
     assert "bert.embeddings.position_embeddings.weight" not in decayed

@@ -50,8 +50,8 @@ def param_groups(
         model (nn.Module): the model (plain, DDP-wrapped, or sharded with ``fully_shard``).
         weight_decay (float): weight decay of the decay group.
         no_decay (iterable of str or module types, optional): more parameters without weight
-            decay: a string is a regular expression searched in the lower-cased parameter name
-            (as transformers does, e.g. ``"embeddings"``), a module class excludes the
+            decay: a string is a regular expression searched (case-insensitively) in the full
+            parameter name, e.g. ``"embeddings"``; a module class excludes the
             parameters of every module of that class (e.g. ``nn.Embedding``). Default: ``()``
         trainer_cls (type, optional): the ``transformers.Trainer`` subclass whose
             ``get_decay_parameter_names`` defines the rule. Default: ``transformers.Trainer``
@@ -83,7 +83,7 @@ def param_groups(
     module_types: list[type[nn.Module]] = []
     for entry in no_decay:
         if isinstance(entry, str):
-            patterns.append(re.compile(entry))
+            patterns.append(re.compile(entry, re.IGNORECASE))
         elif isinstance(entry, type) and issubclass(entry, nn.Module):
             module_types.append(entry)
         else:
@@ -105,7 +105,7 @@ def param_groups(
             return [
                 name
                 for name in names
-                if name not in excluded and not any(p.search(name.lower()) for p in patterns)
+                if name not in excluded and not any(p.search(name) for p in patterns)
             ]
 
         name = f"{base.__name__}WithNoDecay"
@@ -142,8 +142,8 @@ def create_optimizer(
         weight_decay (float, optional): weight decay of the decay group; biases and
             LayerNorm/RMSNorm weights get none (the Trainer's rule). Default: ``0.0``
         no_decay (iterable of str or module types, optional): more parameters without weight
-            decay: regular expressions searched in lower-cased parameter names, or module
-            classes. Default: ``()``
+            decay: regular expressions searched case-insensitively in parameter names, or
+            module classes. Default: ``()``
         sharding (str, optional): ``"none"``: a plain AdaBalance (single process, DDP,
             DeepSpeed, accelerate); ``"zero1"``: a
             ``torch.distributed.optim.ZeroRedundancyOptimizer`` with

@@ -2,8 +2,9 @@
 
 Measured with accelerate 1.15 and torch 2.13 on CPU:
 
-* ``accelerate launch --cpu --num_processes 2`` runs ONE process (the "simple launcher"). That
-  process gets ``MASTER_ADDR``/``MASTER_PORT`` (only set for ``--num_processes > 1``) but no
+* ``accelerate launch --cpu --num_processes 2`` (or a config with ``distributed_type:
+  MULTI_CPU`` and no mpirun hostfile) runs ONE process (the "simple launcher"). That process
+  gets ``MASTER_ADDR``/``MASTER_PORT`` (only set for ``--num_processes > 1``) but no
   ``WORLD_SIZE``.
 * ``accelerate launch --multi_gpu --num_processes 2`` on a machine without GPUs starts two
   processes, but ``Accelerator()`` without ``cpu=True`` leaves each one a world of size 1 (both
@@ -137,8 +138,9 @@ def check_launch(*, sharded_model: bool | None = None, stacklevel: int = 2) -> l
     ):
         problems.append(
             "`accelerate launch` started this process with MASTER_ADDR/MASTER_PORT (as it does "
-            "for --num_processes > 1) but without WORLD_SIZE: with --cpu its simple launcher "
-            "runs ONE process (accelerate 1.15). Launch with `accelerate launch --multi_gpu "
+            "for --num_processes > 1) but without WORLD_SIZE: with --cpu, or a config with "
+            "distributed_type MULTI_CPU and no mpirun hostfile, its simple launcher runs ONE "
+            "process (accelerate 1.15). Launch with `accelerate launch --multi_gpu "
             "--num_processes N` and `Accelerator(cpu=True)`, or with `torchrun "
             "--nproc_per_node N`."
         )
