@@ -118,7 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.output_dir == p.get_default("output_dir"):
             args.output_dir = "outputs/glue-quickstart"
     if args.task_name:
-        task_spec(args.task_name)
+        try:
+            task_spec(args.task_name)
+        except ValueError as error:
+            p.error(str(error))
         args.task_name = args.task_name.lower().replace("-", "")
     if not args.model_name_or_path:
         p.error(

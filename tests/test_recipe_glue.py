@@ -149,8 +149,9 @@ def test_metrics_against_hand_computed_values():
 def test_bad_input_names_the_argument(setup, tmp_path, capsys):
     import glue
 
-    with pytest.raises(ValueError, match="--task_name: unknown GLUE task 'sst3'"):
+    with pytest.raises(SystemExit):
         glue.parse_args(["--task_name", "sst3", "--model_name_or_path", "x"])
+    assert "--task_name: unknown GLUE task 'sst3'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         glue.parse_args(["--task_name", "rte", "--model_name_or_path", "x", "--optimizer", "sgdx"])
     assert "--optimizer: unknown optimizer 'sgdx'" in capsys.readouterr().err
