@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,14 +58,24 @@ def launch(tmp_path: Path, *launch_args: str, flags: tuple[str, ...] = ()) -> tu
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(SCRIPT.parent))
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args]
     command += ["--main_process_port", str(free_port()), str(SCRIPT), str(out), *flags]
+    # A session of its own, so that a hang is ended with the launcher's workers too.
+    launcher = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-    except subprocess.TimeoutExpired as error:  # subprocess.run kills the launcher
-        pytest.fail(f"accelerate launch timed out: {error.stderr}")
-    output = run.stdout + run.stderr
+        output, _ = launcher.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        output, _ = launcher.communicate()
+        pytest.fail(f"accelerate launch timed out after 150 s:\n{output[-4000:]}")
     results = [torch.load(path, weights_only=False) for path in sorted(out.glob("*.pt"))]
-    if run.returncode != 0 and not flags:
-        pytest.fail(f"accelerate launch failed ({run.returncode}):\n{output[-4000:]}")
+    if launcher.returncode != 0 and not flags:
+        pytest.fail(f"accelerate launch failed ({launcher.returncode}):\n{output[-4000:]}")
     return sorted(results, key=lambda r: r["process_index"]), output
 
 
