@@ -536,14 +536,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help=f"re-time a row disturbed by other processes (> {DISTURBED} CPUs) up to this many "
-        "times, keeping the least disturbed attempt (default 3; --quick 1)",
+        "times, keeping the least disturbed attempt (default 2; --quick 1)",
     )
     parser.add_argument(
         "--quiet-wait",
         type=float,
         default=None,
         help="seconds to wait at most for other processes to go quiet before timing a row "
-        "(default 30; --quick 5)",
+        "(default 10; --quick 5)",
     )
     parser.add_argument(
         "--device",
@@ -570,9 +570,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
     if args.retries is None:
-        args.retries = 1 if args.quick else 3
+        args.retries = 1 if args.quick else 2
     if args.quiet_wait is None:
-        args.quiet_wait = 5.0 if args.quick else 30.0
+        args.quiet_wait = 5.0 if args.quick else 10.0
     unknown = set(args.sets.split(",")) - set(PARAM_SETS)
     if unknown:
         parser.error(
