@@ -78,7 +78,12 @@ def _compiled_kernel(variant: tuple) -> Callable[..., None]:
     name = "_adabalance_kernel_" + "_".join(str(part).replace(".", "_") for part in variant)
     code = _adabalance_kernel.__code__.replace(co_name=name)
     kernel = types.FunctionType(code, _adabalance_kernel.__globals__, name)
-    return torch.compile(kernel, fullgraph=True, dynamic=True)
+    # With dynamic sizes inductor decides at compile time, from the first call's size, whether
+    # to parallelise; a first call on a bias would give a one-thread kernel for every tensor.
+    # dynamic_threads lets the OpenMP runtime decide per call instead.
+    return torch.compile(
+        kernel, fullgraph=True, dynamic=True, options={"cpp.dynamic_threads": True}
+    )
 
 
 def fused_kernel_supports(tensors: list[Tensor]) -> bool:
@@ -96,13 +101,20 @@ def _local(tensor: Tensor) -> Tensor:
     return to_local() if to_local is not None else tensor
 
 
+_VARIANTS_RUN: set[tuple] = set()
+
+
 def _run_kernel(variant: tuple, *args: object) -> None:
+    if variant in _VARIANTS_RUN:
+        _compiled_kernel(variant)(*args)
+        return
     try:
         with warnings.catch_warnings():
-            # Compiling imports torch modules that raise DeprecationWarnings about torch.jit;
-            # they concern torch itself, not the caller.
+            # The first compile imports torch modules that raise DeprecationWarnings about
+            # torch.jit; they concern torch itself, not the caller.
             warnings.simplefilter("ignore", DeprecationWarning)
             _compiled_kernel(variant)(*args)
+        _VARIANTS_RUN.add(variant)
     except Exception as error:
         raise RuntimeError(
             "AdaBalance(fused=True) could not compile its kernel with torch.compile (a C++ "
