@@ -109,3 +109,5 @@ def _single_tensor_adabalance(
 
         if param.dtype != compute_dtype(param.dtype):
             write_back(param, target, stochastic_round)
+        # Free this tensor's temporaries before the next tensor allocates its own.
+        del buffer, grad, target
