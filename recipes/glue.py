@@ -364,9 +364,18 @@ def main(argv=None) -> int:
             f"interrupted at step {step}: saved {path}; continue with "
             f"--resume_from_checkpoint {path} (or latest)"
         )
+        shut_down(accelerator)
         return 130
     finish(accelerator, args, model, tokenizer, progress, data, metric_name, started)
+    shut_down(accelerator)
     return 0
+
+
+def shut_down(accelerator) -> None:
+    # Every rank leaves the process group together: a rank that exits while another is still
+    # writing can make gloo abort ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def finish(accelerator, args, model, tokenizer, progress, data, metric_name, started) -> None:
