@@ -8,6 +8,7 @@ that are left) and returns what each rank returned, or raises with the failing r
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -99,6 +101,28 @@ def reference_run(steps: int = STEPS, **overrides: Any) -> dict[str, Any]:
     optimizer = create_optimizer(model, **{**OPT_KWARGS, **overrides})
     train_steps(model, optimizer, batches(steps))
     return {"params": full_params(model), "state_bytes": optimizer_state_bytes(optimizer)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the test files: skip markers and the comparison every engine test makes
+
+
+needs_gloo = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="needs torch.distributed with the gloo backend",
+)
+requires_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="DeepSpeed is not installed: pip install --no-build-isolation deepspeed==0.19.8 "
+    "(the `distributed` extra)",
+)
+
+
+def assert_same_params(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Same parameter names, and each parameter equal within float32 tolerance."""
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import torch.distributed as dist
 from _dist_helpers import (
     OPT_KWARGS,
     SAVE_AT,
+    assert_same_params,
     batches,
     dcp_load,
     dcp_resume_worker,
     dcp_save_worker,
     full_params,
+    needs_gloo,
     reference_run,
     run_workers,
     tiny_bert,
@@ -29,16 +31,7 @@ from _dist_helpers import (
 from adabalance_hf import create_optimizer
 from adabalance_hf.distributed import optimizer_state_bytes
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(),
-    reason="needs torch.distributed with the gloo backend",
-)
-
-
-def assert_same_params(actual: dict, expected: dict) -> None:
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        torch.testing.assert_close(actual[name], value, msg=name)
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
