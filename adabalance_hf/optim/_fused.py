@@ -28,7 +28,8 @@ _ETA_SCALE, _BC2_SQRT, _LOWER, _UPPER, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA
 _BETA3, _EPS, _L2, _DECAY, _GRAD_SIGN = range(7, 12)
 
 # How the kernel's fp32 result reaches the parameter.
-_WRITE_IN_PLACE, _WRITE_MASTER, _WRITE_NEAREST, _WRITE_STOCHASTIC = range(4)
+# (_WRITE_PARAM: copied into the parameter, rounded to nearest if its dtype is lower.)
+_WRITE_PARAM, _WRITE_MASTER, _WRITE_STOCHASTIC = range(3)
 
 
 def _adabalance_kernel(
@@ -178,12 +179,10 @@ def _fused_adabalance(
 
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _local(master_params[i]).view(-1)
-        elif dtype != param.dtype:
-            bf16_rounding = stochastic_round and param.dtype == torch.bfloat16
-            write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_NEAREST
-            master = None
         else:
-            write_mode, master = _WRITE_IN_PLACE, None
+            bf16_rounding = stochastic_round and param.dtype == torch.bfloat16
+            write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
+            master = None
         grad = grads[i]
         variant = (param.device.type, param.dtype, grad.dtype, dtype, amsbound, write_mode)
         _run_kernel(

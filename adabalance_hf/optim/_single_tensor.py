@@ -57,9 +57,10 @@ def _single_tensor_adabalance(
 
         # The tensor the arithmetic updates: the parameter itself, its fp32 master copy, or a
         # temporary fp32 copy of a low-precision parameter that has no master copy.
+        low_precision = param.dtype != compute_dtype(param.dtype)
         if master_params is not None:
             target = master_params[i]
-        elif param.dtype != compute_dtype(param.dtype):
+        elif low_precision:
             target = param.to(compute_dtype(param.dtype))
         else:
             target = param
@@ -107,7 +108,7 @@ def _single_tensor_adabalance(
         torch.clamp(exp_avg_lr, scalars.lower, scalars.upper, out=buffer)
         target.sub_(buffer.mul_(exp_avg))
 
-        if param.dtype != compute_dtype(param.dtype):
+        if low_precision:
             write_back(param, target, stochastic_round)
         # Free this tensor's temporaries before the next tensor allocates its own.
         del buffer, grad, target
