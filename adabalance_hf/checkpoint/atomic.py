@@ -1,0 +1,102 @@
+"""Atomic commit of a checkpoint folder: write into staging, checksum, flush, rename into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .manifest import write_manifest
+
+__all__ = ["atomic_checkpoint", "commit_checkpoint", "prepare_staging", "staging_dir"]
+
+STAGING_SUFFIX = ".incomplete"
+
+
+def staging_dir(final: str | os.PathLike) -> Path:
+    """Where the checkpoint that will be ``final`` is written: a hidden sibling folder.
+
+    The name depends only on ``final``, so every process of a distributed job agrees on it.
+    """
+    final = Path(final)
+    return final.parent / f".{final.name}{STAGING_SUFFIX}"
+
+
+def prepare_staging(final: str | os.PathLike) -> Path:
+    """Create an empty staging folder for ``final``, deleting one left by a killed save.
+
+    In a multi-process job call it on the main process only, then synchronise before the other
+    processes write into it.
+    """
+    staging = staging_dir(final)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_checkpoint(
+    staging: str | os.PathLike,
+    final: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write the manifest into ``staging``, flush it to disk and rename it to ``final``.
+
+    After this returns, ``final`` is complete and durable. If ``final`` already exists (the same
+    step saved twice), the new folder replaces it. In a multi-process job call it on the main
+    process only, after every process has finished writing into ``staging``.
+
+    Args:
+        staging: the folder the checkpoint was written into (see :func:`staging_dir`).
+        final: the checkpoint's name in the end.
+        metadata: JSON-serialisable facts stored in the manifest (e.g. the step).
+
+    Returns:
+        ``final`` as a :class:`~pathlib.Path`.
+    """
+    staging, final = Path(staging), Path(final)
+    write_manifest(staging, metadata)
+    for path in staging.rglob("*"):
+        _fsync(path)
+    _fsync(staging)
+    replaced = None
+    if final.exists():
+        replaced = final.parent / f".{final.name}.replaced"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.replace(final, replaced)
+    os.replace(staging, final)
+    _fsync(final.parent)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+    return final
+
+
+@contextlib.contextmanager
+def atomic_checkpoint(
+    final: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Iterator[Path]:
+    """Single-process convenience: yields an empty staging folder and commits it on success.
+
+    If the body raises, the staging folder is left behind (the next save deletes it) and
+    ``final`` is untouched.
+
+    Example::
+
+        with atomic_checkpoint(out / "step_100", {"step": 100}) as folder:
+            torch.save(state, folder / "state.pt")
+    """
+    staging = prepare_staging(final)
+    yield staging
+    commit_checkpoint(staging, final, metadata)

@@ -1,0 +1,74 @@
+"""Bounding the number of checkpoints kept, never deleting the latest complete one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from .atomic import STAGING_SUFFIX
+from .discovery import checkpoint_step, find_checkpoints
+from .manifest import CheckpointError, verify_checkpoint
+
+__all__ = ["rotate_checkpoints"]
+
+
+def rotate_checkpoints(
+    root: str | os.PathLike,
+    prefix: str,
+    save_total_limit: int | None,
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+) -> list[Path]:
+    """Delete old checkpoints so that at most ``save_total_limit`` complete ones remain.
+
+    Staging folders left by killed saves are deleted, and so are incomplete or damaged
+    checkpoints older than the newest complete one (nothing can resume from them). Damaged ones
+    newer than it are left for inspection. The newest complete checkpoint is never deleted,
+    whatever the limit. "Complete" is judged from the manifest by names and sizes (no checksums,
+    so rotation stays cheap); resume checks checksums too.
+
+    Args:
+        root: the folder holding ``<prefix><step>`` checkpoint folders.
+        prefix: the folder-name prefix, e.g. ``"step_"`` or ``"checkpoint-"``.
+        save_total_limit: how many complete checkpoints to keep (``None`` or 0: keep all).
+        protect: checkpoints never to delete (e.g. the best model's).
+
+    Returns:
+        The folders deleted.
+    """
+    if save_total_limit is not None and (
+        isinstance(save_total_limit, bool) or not isinstance(save_total_limit, int)
+        or save_total_limit < 0
+    ):  # fmt: skip
+        raise ValueError(
+            f"save_total_limit={save_total_limit!r}: expected a whole number >= 1 (or None/0 to "
+            "keep every checkpoint)"
+        )
+    root = Path(root)
+    keep = {Path(p).resolve() for p in protect}
+    complete, broken = [], []
+    for path in find_checkpoints(root, prefix):
+        try:
+            verify_checkpoint(path, checksums=False)
+            complete.append(path)
+        except CheckpointError:
+            broken.append(path)
+    if complete:
+        keep.add(complete[-1].resolve())
+    newest = checkpoint_step(complete[-1], prefix) if complete else -1
+    doomed = [p for p in broken if checkpoint_step(p, prefix) < newest]
+    if root.is_dir():
+        doomed += [
+            p for p in root.iterdir() if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX)
+        ]
+    if save_total_limit:
+        doomed += complete[: max(len(complete) - save_total_limit, 0)]
+    deleted = []
+    for path in doomed:
+        if path.resolve() in keep:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
