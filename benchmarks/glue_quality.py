@@ -129,6 +129,7 @@ def glue_run(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
         "metric": METRIC[task],
         "value": results["final_metrics"]["validation"][METRIC[task]],
         "metrics_per_epoch": [e["metrics"]["validation"] for e in results["epochs"]],
+        "train_loss": results.get("train_loss", []),
         "adabalance_diagnostics": results["adabalance_diagnostics"],
         "wall_time_s": wall,
     }
@@ -161,6 +162,7 @@ def gpt2_run(args, optimizer: str, seed: int) -> dict:
         "value": results["validation_perplexity"],
         "steps": args.gpt2_steps,
         "num_parameters": results["num_parameters"],
+        "train_loss": [(e["step"], e["loss"]) for e in results["log_history"] if "loss" in e],
         "wall_time_s": wall,
     }
 
