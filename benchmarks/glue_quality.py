@@ -63,6 +63,13 @@ def parse_args() -> argparse.Namespace:
         "learning_rate=3e-5,1e-4 final_lr=0.1 gamma=1e-3,1e-4 beta3=0.9",
     )
     p.add_argument("--gpt2_steps", type=int, default=300)
+    p.add_argument(
+        "--gpt2_optim_args",
+        nargs="+",
+        default=[""],
+        help="AdaBalance --optim_args for the GPT-2 runs, one run per string ('' = the optimizer's "
+        "defaults), e.g. '' 'beta3=0.99'",
+    )
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")
     args = p.parse_args()
@@ -135,7 +142,7 @@ def glue_run(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
     }
 
 
-def gpt2_run(args, optimizer: str, seed: int) -> dict:
+def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
     wiki = Path(args.wikitext_dir)
     lr = {"adamw_torch": "1e-3"}.get(optimizer, "1e-3")
     with tempfile.TemporaryDirectory() as out:
@@ -151,12 +158,14 @@ def gpt2_run(args, optimizer: str, seed: int) -> dict:
             "no", "--report_to", "none", "--seed", str(seed), "--use_cpu",
             "--disable_tqdm", "true",
         ]  # fmt: skip
+        if options.get("optim_args"):
+            command += ["--optim_args", options["optim_args"]]
         results, wall = _run(command, out)
     return {
         "task": "gpt2-wikitext2",
         "optimizer": optimizer,
         "seed": seed,
-        "options": {},
+        "options": options,
         "learning_rate": float(lr),
         "metric": "perplexity (train test.txt, eval valid.txt)",
         "value": results["validation_perplexity"],
@@ -206,14 +215,16 @@ def main() -> None:
             plan += [(task, optimizer, seed, {}) for optimizer in args.optimizers]
     if args.wikitext_dir:
         names = {"adamw": "adamw_torch"}
-        plan += [("gpt2-wikitext2", names.get(o, o), s, {})
-                 for s in args.seeds for o in args.optimizers]  # fmt: skip
+        for seed, optimizer in itertools.product(args.seeds, args.optimizers):
+            variants = args.gpt2_optim_args if optimizer.startswith("adabalance") else [""]
+            plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,
+                      {"optim_args": v} if v else {}) for v in variants]  # fmt: skip
     for task, optimizer, seed, options in plan:
         if (task, optimizer, seed, json.dumps(options, sort_keys=True)) in done:
             continue
         print(f"{time.strftime('%H:%M:%S')} {task} {optimizer} seed {seed} {options}", flush=True)
         if task == "gpt2-wikitext2":
-            record = gpt2_run(args, optimizer, seed)
+            record = gpt2_run(args, optimizer, seed, options)
         else:
             record = glue_run(args, task, optimizer, seed, options)
         print(f"  -> {record['metric']} {record['value']:.4f} in {record['wall_time_s']:.0f} s",
