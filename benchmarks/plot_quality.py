@@ -1,0 +1,82 @@
+"""Learning curves of the quality benchmark: training loss per step, AdaBalance vs the others.
+
+Reads the records ``benchmarks/glue_quality.py`` wrote (``<results_dir>/<name>.json``) and draws
+one PNG per task, ``<results_dir>/<name>_<task>.png``: the training loss of every optimizer
+against the optimizer step, the mean over seeds as a line and the range over seeds as a band.
+Example::
+
+    python benchmarks/plot_quality.py --name glue_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", default="glue_quality")
+    return p.parse_args()
+
+
+def _label(record: dict) -> str:
+    options = record.get("options") or {}
+    extra = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{record['optimizer']} ({extra})" if extra else record["optimizer"]
+
+
+def curves_by_task(records: list[dict]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+    """``{task: {optimizer label: [one (step, loss) curve per seed]}}``, runs without a curve
+    left out."""
+    found: dict = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.get("train_loss"):
+            found[record["task"]][_label(record)].append(record["train_loss"])
+    return found
+
+
+def plot_task(task: str, curves: dict[str, list], metric: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, runs in sorted(curves.items()):
+        length = min(len(run) for run in runs)
+        steps = np.array([step for step, _ in runs[0][:length]])
+        losses = np.array([[loss for _, loss in run[:length]] for run in runs])
+        (line,) = ax.plot(steps, losses.mean(axis=0), label=f"{label}, {len(runs)} seed(s)")
+        if len(runs) > 1:
+            ax.fill_between(steps, losses.min(axis=0), losses.max(axis=0), alpha=0.2,
+                            color=line.get_color())  # fmt: skip
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{task}: training loss (final metric: {metric})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    results_dir = Path(args.results_dir)
+    records = json.loads((results_dir / f"{args.name}.json").read_text())
+    metrics = {r["task"]: r["metric"] for r in records}
+    for task, curves in sorted(curves_by_task(records).items()):
+        path = results_dir / f"{args.name}_{task}.png"
+        plot_task(task, curves, metrics[task], path)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
