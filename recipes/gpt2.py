@@ -14,6 +14,13 @@ The command line is ``HfArgumentParser`` over the model/data arguments below and
 
 Writes the model, the tokenizer, ``results.json`` (arguments, optimizer settings, validation
 perplexity, log history with the AdaBalance bound diagnostics, wall time) to ``--output_dir``.
+
+Checkpoints (``--save_steps``) are atomic and verified (``AdaBalanceTrainer``): a job killed at
+any moment loses at most the steps since the last checkpoint. Start every run of a job with
+``--resume_from_checkpoint auto``: it resumes from the newest complete checkpoint in
+``--output_dir``, skipping damaged ones, or starts from scratch when there is none, and ends
+bitwise where an uninterrupted run would (same seed, data and arguments). Bound the disk used
+with ``--save_total_limit``; the newest complete checkpoint is never deleted.
 """
 
 from __future__ import annotations

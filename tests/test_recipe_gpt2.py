@@ -72,14 +72,21 @@ def test_gpt2_from_config_with_trained_tokenizer_and_adabalance_options(text_fil
     # 16 steps must beat the uniform guess (perplexity = vocabulary size) clearly
     assert perplexity < 0.75 * len(tokenizer)
 
-    # resuming from the step-8 checkpoint ends where the uninterrupted run ended
+    # atomic checkpoints: each verifies against its manifest, no staging folder is left
+    from adabalance_hf.checkpoint import verify_checkpoint
+
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == [
+        "checkpoint-16", "checkpoint-8"
+    ]  # fmt: skip
+    for step in (8, 16):
+        assert verify_checkpoint(tmp_path / "run" / f"checkpoint-{step}")["global_step"] == step
+
+    # resuming from the step-8 checkpoint ends exactly where the uninterrupted run ended
     resumed = gpt2.main(
         _args(text_files, tmp_path / "run", "--resume_from_checkpoint",
               str(tmp_path / "run" / "checkpoint-8"))
     )  # fmt: skip
-    assert resumed["eval_metrics"]["eval_loss"] == pytest.approx(
-        results["eval_metrics"]["eval_loss"], rel=1e-5
-    )
+    assert resumed["eval_metrics"]["eval_loss"] == results["eval_metrics"]["eval_loss"]
 
 
 def test_gpt2_missing_files_name_the_argument(tmp_path):

@@ -80,6 +80,9 @@ class AdaBalanceTrainingArguments(TrainingArguments):
             from the optimizer name. Default: ``None``
         adabalance_decoupled_weight_decay (bool, optional): AdamW-style weight decay; ``None``
             takes it from the optimizer name. Default: ``None``
+        resume_from_checkpoint (str, optional): not used by the Trainer itself; scripts pass it
+            to :meth:`AdaBalanceTrainer.train`, which also accepts ``"auto"`` (the newest
+            complete checkpoint in ``output_dir``, or a fresh start). Default: ``None``
 
     Raises:
         ValueError: at construction (so at argument-parsing time) for an unknown ``optim`` (the
@@ -122,6 +125,15 @@ class AdaBalanceTrainingArguments(TrainingArguments):
             "help": "AdaBalance: AdamW-style decoupled weight decay instead of L2 "
             "(unset: from the optimizer name).",
             **_BOOL_FLAG,
+        },
+    )
+
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Passed by the recipes to AdaBalanceTrainer.train: a checkpoint-N folder "
+            "(verified against its manifest), or 'auto' for the newest complete checkpoint in "
+            "output_dir (damaged ones are skipped), starting from scratch when there is none."
         },
     )
 
