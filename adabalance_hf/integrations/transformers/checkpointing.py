@@ -140,18 +140,29 @@ def resolve_resume_checkpoint(
     return _explicit(os.fspath(value))
 
 
+def _complete(path: Path) -> bool:
+    try:
+        verify_checkpoint(path, checksums=False)  # as rotate_checkpoints judges it
+    except CheckpointError:
+        return False
+    return True
+
+
 def rotate_trainer_checkpoints(
     run_dir: str | os.PathLike, save_total_limit: int | None, best: str | None
 ) -> list[Path]:
     """Delete old checkpoints as ``Trainer`` does, with :func:`rotate_checkpoints`' safety.
 
-    Staging folders of killed saves and damaged checkpoints older than the newest complete one
-    are deleted; the newest complete checkpoint never is. transformers keeps
-    ``max(save_total_limit, number protected)`` checkpoints, the newest and the best protected
+    Without a limit (``None`` or ``<= 0``) every checkpoint is kept, as in transformers, and
+    only the staging folders of killed saves are deleted. With a limit, staging folders and
+    checkpoints older than the newest complete one that fail verification (unfinished, damaged,
+    or without a manifest, i.e. not written by ``AdaBalanceTrainer``) are deleted too, and the
+    newest complete checkpoint never is. transformers keeps ``max(save_total_limit, number
+    protected)`` checkpoints, the newest and the best protected
     (``transformers.trainer_utils.rotate_checkpoints``), while
     :func:`~adabalance_hf.checkpoint.rotate_checkpoints` keeps the newest ``save_total_limit``
-    plus the protected ones. When the best checkpoint is not among the newest ones it takes the
-    place of one of them here, so the count is transformers'.
+    complete ones plus the protected ones. When the best checkpoint is not among the newest
+    ones it takes the place of one of them here, so the count is transformers'.
 
     Args:
         run_dir: the folder holding ``checkpoint-N`` folders.
@@ -171,8 +182,8 @@ def rotate_trainer_checkpoints(
         return deleted
     limit = save_total_limit
     if limit >= 2 and best:
-        newest = {p.resolve() for p in find_checkpoints(run_dir, PREFIX)[-limit:]}
-        if Path(best).resolve() not in newest:
+        complete = [p.resolve() for p in find_checkpoints(run_dir, PREFIX) if _complete(p)]
+        if Path(best).resolve() not in complete[-limit:]:
             limit -= 1
     deleted = rotate_checkpoints(run_dir, PREFIX, limit, protect=[best] if best else [])
     for path in deleted:
