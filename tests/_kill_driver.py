@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/_kill_driver.py MODULE:QUALNAME:N[:after] SCRIPT [ARGS...]
+    python tests/_kill_driver.py MODULE:QUALNAME:N[:WHEN] SCRIPT [ARGS...]
 
 ``MODULE:QUALNAME`` names a function or method (e.g.
 ``adabalance_hf.optim.adabalance:AdaBalance.step`` or
@@ -12,10 +12,22 @@ SIGKILL cannot be caught, so no ``finally`` block, atexit hook or signal handler
 runs: this is what a preempted machine or the OOM killer does. The script runs as ``__main__``
 with ``sys.argv`` set as if it had been started directly. Several specs can be given, separated
 by ``,`` (the first to fire kills).
+
+For a function that writes the file named by its second positional argument (``torch.save(obj,
+path)``, ``safetensors.torch.save_file(tensors, path)``, accelerate's ``save(obj, path)``),
+``:half`` runs the call, cuts the file to half its size and then kills (a kill in the middle of
+a write), and ``:enospc`` runs it, cuts the file to half and raises
+``OSError(ENOSPC, "No space left on device")`` instead of killing (a disk that fills during a
+save; the script goes on handling the error).
+
+A function is patched where it is looked up: to reach a name that a module imports with ``from
+X import f``, name that module (e.g. ``_checkpointing:commit_checkpoint`` for the recipes, whose
+folder is put first on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import os
@@ -30,24 +42,37 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _cut_to_half(path) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
 def _install(spec: str) -> None:
     module_name, qualname, count, *when = spec.split(":")
+    when = when[0] if when else "before"
+    if when not in ("before", "after", "half", "enospc"):
+        raise ValueError(f"{spec}: expected :after, :half or :enospc after the count")
     owner = importlib.import_module(module_name)
     *parents, name = qualname.split(".")
     for part in parents:
         owner = getattr(owner, part)
     original = getattr(owner, name)
-    after = when == ["after"]
     calls = 0
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == int(count) and not after:
+        fire = calls == int(count)
+        if fire and when == "before":
             _kill()
         result = original(*args, **kwargs)
-        if calls == int(count) and after:
+        if fire and when in ("half", "enospc"):
+            _cut_to_half(args[1])
+            if when == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]))
+        if fire and when != "enospc":
             _kill()
         return result
 
