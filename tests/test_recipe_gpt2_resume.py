@@ -143,8 +143,10 @@ def assert_same_run(reference: Path, resumed: Path, resumed_from: int, stdout: s
     assert len(printed) == (STEPS - resumed_from) // 2
 
 
-def test_killed_between_optimizer_steps_resumes_from_an_explicit_path(text_files, reference):
-    out = reference.parent.parent / "between_steps" / "run"
+def test_killed_between_optimizer_steps_resumes_from_an_explicit_path(
+    text_files, reference, tmp_path
+):
+    out = tmp_path / "run"
     run(text_files, out, kill=f"{STEP}:7")  # steps 1-6 done, checkpoint-4 saved
     assert on_disk(out) == (["checkpoint-4"], [])
     done = run(text_files, out, resume=str(out / "checkpoint-4"))
@@ -153,9 +155,9 @@ def test_killed_between_optimizer_steps_resumes_from_an_explicit_path(text_files
 
 
 def test_killed_inside_a_save_before_its_commit_resumes_auto_from_the_previous(
-    text_files, reference
+    text_files, reference, tmp_path
 ):
-    out = reference.parent.parent / "inside_save" / "run"
+    out = tmp_path / "run"
     run(text_files, out, kill=f"{MANIFEST}:2")  # every file of checkpoint-8 written, no manifest
     assert on_disk(out) == (["checkpoint-4"], [".checkpoint-8.incomplete"])
     staged = out / ".checkpoint-8.incomplete" / "checkpoint-8"
@@ -165,8 +167,8 @@ def test_killed_inside_a_save_before_its_commit_resumes_auto_from_the_previous(
     assert_same_run(reference, out, 4, done.stdout)  # and the staging folder is gone
 
 
-def test_killed_after_a_commit_and_a_corrupted_newest_checkpoint(text_files, reference):
-    out = reference.parent.parent / "after_commit" / "run"
+def test_killed_after_a_commit_and_a_corrupted_newest_checkpoint(text_files, reference, tmp_path):
+    out = tmp_path / "run"
     run(text_files, out, kill=f"{COMMIT}:2:after")  # checkpoint-8 committed, not yet rotated
     assert on_disk(out) == (["checkpoint-4", "checkpoint-8"], [".checkpoint-8.incomplete"])
     verify_checkpoint(out / "checkpoint-8")
