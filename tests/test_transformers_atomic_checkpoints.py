@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -182,8 +183,6 @@ def test_enospc_mid_save_keeps_the_previous_checkpoint_and_auto_resumes(
 
 
 def test_damaged_explicit_checkpoint_is_a_clear_error(reference, tmp_path):
-    import shutil
-
     shutil.copytree(reference[1], tmp_path, dirs_exist_ok=True)
     damaged = tmp_path / "checkpoint-6"
     (damaged / "optimizer.pt").write_bytes(b"truncated")
@@ -194,6 +193,12 @@ def test_damaged_explicit_checkpoint_is_a_clear_error(reference, tmp_path):
     assert f"Fix: resume from {tmp_path / 'checkpoint-4'}" in message and "'auto'" in message
     with pytest.raises(ValueError, match="no such folder"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-99"), tmp_path)
+    staged = tmp_path / ".checkpoint-8.incomplete" / "checkpoint-8"  # a save killed before commit
+    shutil.copytree(tmp_path / "checkpoint-4", staged)
+    (staged / MANIFEST_NAME).unlink()
+    for path in (staged, staged.parent):
+        with pytest.raises(CheckpointError, match="staging folder of a save that did not finish"):
+            resolve_resume_checkpoint(str(path), tmp_path)
 
 
 def test_checkpoint_of_plain_trainer_loads_with_a_warning_and_is_never_rotated(tmp_path, caplog):

@@ -36,7 +36,7 @@ AUTO = "auto"
 #: Folder-name prefix of the Trainer's checkpoints: ``checkpoint-<global step>``.
 PREFIX = f"{PREFIX_CHECKPOINT_DIR}-"
 # The last file ``Trainer._save_checkpoint`` writes: a checkpoint without a manifest (written by
-# another Trainer) that has it at least finished its save.
+# another Trainer) that has it did finish its save.
 _TRAINER_STATE = "trainer_state.json"
 
 
@@ -78,19 +78,25 @@ def _explicit(value: str) -> str:
             f"by a previous run, or 'auto' to resume from the newest complete checkpoint in "
             f"output_dir (or start from scratch when there is none)."
         )
-    if not (path / MANIFEST_NAME).is_file() and (path / _TRAINER_STATE).is_file():
-        # Written without atomic checkpoints (e.g. by transformers.Trainer): nothing to check it
-        # against. It finished its save (trainer_state.json is written last), so load it.
-        logger.warning(
-            "resume_from_checkpoint=%s has no %s (not written by AdaBalanceTrainer): it cannot be "
-            "verified; loading it as is",
-            value, MANIFEST_NAME,
-        )  # fmt: skip
-        return value
+    # A folder of a save killed before its commit: .checkpoint-N.incomplete[/checkpoint-N].
+    in_staging = any(p.name.endswith(STAGING_SUFFIX) for p in (path, path.parent))
+    if not in_staging and not (path / MANIFEST_NAME).is_file():
+        if (path / _TRAINER_STATE).is_file():
+            # Written without atomic checkpoints (e.g. by transformers.Trainer): nothing to
+            # check it against. It finished its save (trainer_state.json is written last).
+            logger.warning(
+                "resume_from_checkpoint=%s has no %s (not written by AdaBalanceTrainer): it "
+                "cannot be verified; loading it as is",
+                value, MANIFEST_NAME,
+            )  # fmt: skip
+            return value
     try:
+        if in_staging:
+            raise CheckpointError(path, "it is the staging folder of a save that did not finish")
         verify_checkpoint(path)
     except CheckpointError as error:
-        fallback, _ = latest_complete_checkpoint(path.parent, PREFIX)
+        root = path.parent.parent if path.parent.name.endswith(STAGING_SUFFIX) else path.parent
+        fallback, _ = latest_complete_checkpoint(root, PREFIX)
         instead = (
             f"resume from {fallback}, the newest complete checkpoint next to it"
             if fallback is not None
