@@ -1,46 +1,62 @@
-"""Checks that turn a mismatched optimizer state dict into a clear error before anything loads."""
+"""Checks that turn a mismatched optimizer state dict into a clear error before anything loads.
+
+``AdaBalance.load_state_dict`` runs :func:`check_state_dict` first, so a state dict that fails
+leaves the optimizer exactly as it was. What is accepted, and why:
+
+* state tensors of another floating dtype or on another device are cast to what the optimizer
+  needs (torch casts to the parameter's dtype and device; AdaBalance keeps fp32 state for
+  bf16/fp16 parameters), but a state tensor on the ``meta`` device holds no data: an error;
+* ``step`` may be a Python number (older versions) or a one-element tensor, and must be a finite
+  whole number ``>= 0``;
+* NaN in a state tensor is an error: the next step would turn the parameter into NaN. Infinity
+  is accepted: ``exp_avg_lr`` legitimately reaches it with ``eps=0`` and a zero gradient.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
-__all__ = ["REQUIRED_STATE_KEYS", "check_state_dict"]
+from ._validation import validate_hyperparameters
+
+__all__ = ["REQUIRED_GROUP_KEYS", "REQUIRED_STATE_KEYS", "cast_loaded_steps", "check_state_dict"]
 
 REQUIRED_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "exp_avg_lr")
-_PER_ELEMENT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq")
+REQUIRED_GROUP_KEYS = ("lr", "betas", "beta3", "final_lr", "gamma", "eps", "weight_decay")
+_PER_ELEMENT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq", "master_param")
+_PREFIX = "AdaBalance.load_state_dict"
+_NOT_OURS = (
+    "this is not an AdaBalance state dict (one of torch.optim.Adam, AdamW or SGD, say). Load it "
+    "into the optimizer class that saved it, or start AdaBalance from fresh state (do not call "
+    "load_state_dict)"
+)
+_CORRUPT = (
+    "Load an earlier checkpoint, or start the optimizer from fresh state (do not call "
+    "load_state_dict; the model weights can still be loaded)"
+)
 
 
-def check_state_dict(param_groups: list[dict[str, Any]], state_dict: Mapping[str, Any]) -> None:
+def check_state_dict(
+    param_groups: list[dict[str, Any]],
+    state_dict: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """Raise a ``ValueError`` if ``state_dict`` cannot be an AdaBalance state for these groups.
 
     Args:
         param_groups (list of dict): the param groups of the optimizer that loads.
         state_dict (Mapping): the state dict to load, as returned by ``state_dict()``.
+        defaults (Mapping, optional): the loading optimizer's defaults, used for the options a
+            saved group lacks (state dicts of older versions) when checking its hyper-parameters.
+            Default: ``None`` (hyper-parameters are not checked)
     """
-    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-        keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict)
-        raise ValueError(
-            f"AdaBalance.load_state_dict expects a dict with 'state' and 'param_groups' (as "
-            f"returned by optimizer.state_dict()), got {keys}"
-        )
-    saved_groups = state_dict["param_groups"]
-    if len(saved_groups) != len(param_groups):
-        raise ValueError(
-            f"AdaBalance.load_state_dict: the state dict has {len(saved_groups)} param groups, "
-            f"this optimizer has {len(param_groups)}; build the optimizer with the same groups "
-            f"as the one that saved it"
-        )
-    for group_index, (saved, group) in enumerate(zip(saved_groups, param_groups, strict=True)):
-        if len(saved["params"]) != len(group["params"]):
-            raise ValueError(
-                f"AdaBalance.load_state_dict: param group {group_index} has "
-                f"{len(saved['params'])} parameters in the state dict and "
-                f"{len(group['params'])} in this optimizer; was it saved for another model?"
-            )
-
+    saved_groups = _check_layout(state_dict)
+    _check_groups(param_groups, saved_groups, defaults)
     state = state_dict["state"]
     for group_index, (saved, group) in enumerate(zip(saved_groups, param_groups, strict=True)):
         saved_and_live = zip(saved["params"], group["params"], strict=True)
@@ -49,20 +65,178 @@ def check_state_dict(param_groups: list[dict[str, Any]], state_dict: Mapping[str
             if not param_state:
                 continue
             where = f"parameter {position} of param group {group_index} (state key {param_id!r})"
-            missing = [key for key in REQUIRED_STATE_KEYS if key not in param_state]
-            if missing:
+            _check_param_state(param_state, param, where)
+
+
+def cast_loaded_steps(param_groups: list[dict[str, Any]], state: Mapping[Any, Any]) -> None:
+    """After loading: make every ``step`` a CPU 0-dim float tensor, as fresh state has it.
+
+    A loaded step may be an int tensor, a one-element tensor of another shape, or (torch's
+    load policy for ``fused`` groups) a tensor on the parameter's device; the foreach path takes
+    only CPU float32/float64 step tensors.
+
+    Args:
+        param_groups (list of dict): the param groups of the optimizer that loaded.
+        state (Mapping): its state, parameter -> dict.
+    """
+    for group in param_groups:
+        for param in group["params"]:
+            param_state = state.get(param)
+            if not param_state or "step" not in param_state:
+                continue
+            step = param_state["step"]
+            if (
+                isinstance(step, torch.Tensor)
+                and step.dim() == 0
+                and step.device.type == "cpu"
+                and step.dtype in (torch.float32, torch.float64)
+            ):
+                continue
+            value = float(step.item()) if isinstance(step, torch.Tensor) else float(step)
+            param_state["step"] = torch.tensor(value, dtype=_get_scalar_dtype())
+
+
+def _check_layout(state_dict: Any) -> list[Mapping[str, Any]]:
+    """The top level: a mapping with a ``state`` mapping and a list of group mappings."""
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        keys = sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else type(state_dict)
+        raise ValueError(
+            f"{_PREFIX} expects a dict with 'state' and 'param_groups' (as returned by "
+            f"optimizer.state_dict()), got {keys}; if the checkpoint holds more (a model, a "
+            f"scheduler), pass its optimizer entry, e.g. checkpoint['optimizer']"
+        )
+    if not isinstance(state_dict["state"], Mapping):
+        raise ValueError(
+            f"{_PREFIX}: 'state' must be a dict of parameter id -> state, got "
+            f"{type(state_dict['state']).__name__}; the state dict is damaged"
+        )
+    saved_groups = state_dict["param_groups"]
+    if isinstance(saved_groups, (str, bytes)) or not isinstance(saved_groups, Sequence):
+        raise ValueError(
+            f"{_PREFIX}: 'param_groups' must be a list of dicts, got "
+            f"{type(saved_groups).__name__}; the state dict is damaged"
+        )
+    for index, saved in enumerate(saved_groups):
+        if not isinstance(saved, Mapping) or "params" not in saved:
+            found = sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__
+            raise ValueError(
+                f"{_PREFIX}: param group {index} of the state dict has no 'params' list (found "
+                f"{found}); the state dict is damaged or was not made by optimizer.state_dict()"
+            )
+    return list(saved_groups)
+
+
+def _check_groups(
+    param_groups: list[dict[str, Any]],
+    saved_groups: list[Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None,
+) -> None:
+    """Same group layout; every saved group is an AdaBalance group with valid values."""
+    if len(saved_groups) != len(param_groups):
+        raise ValueError(
+            f"{_PREFIX}: the state dict has {len(saved_groups)} param groups, this optimizer "
+            f"has {len(param_groups)}; build the optimizer with the same groups as the one that "
+            f"saved it"
+        )
+    for group_index, (saved, group) in enumerate(zip(saved_groups, param_groups, strict=True)):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"{_PREFIX}: param group {group_index} has {len(saved['params'])} parameters in "
+                f"the state dict and {len(group['params'])} in this optimizer; was it saved for "
+                f"another model, or with other param groups?"
+            )
+        missing = [key for key in REQUIRED_GROUP_KEYS if key not in saved]
+        if missing:
+            present = sorted(key for key in saved if key != "params")
+            raise ValueError(
+                f"{_PREFIX}: param group {group_index} of the state dict lacks {missing} and "
+                f"has {present}: {_NOT_OURS}"
+            )
+        if defaults is not None:
+            merged = {**defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            try:
+                validate_hyperparameters(merged)
+            except ValueError as error:
                 raise ValueError(
-                    f"AdaBalance.load_state_dict: the state of {where} lacks {missing} and has "
-                    f"{sorted(param_state)}: this is not an AdaBalance state dict (one from "
-                    f"torch.optim.Adam, say). Load it into the optimizer class that saved it, "
-                    f"or start AdaBalance from fresh state."
-                )
-            for key in _PER_ELEMENT_KEYS:
-                value = param_state.get(key)
-                if isinstance(value, torch.Tensor) and value.shape != param.shape:
-                    raise ValueError(
-                        f"AdaBalance.load_state_dict: state {key!r} of {where} has shape "
-                        f"{tuple(value.shape)} but the parameter has shape "
-                        f"{tuple(param.shape)}; the state dict was saved for another model "
-                        f"or another parameter order"
-                    )
+                    f"{_PREFIX}: param group {group_index} of the state dict: {error}. Correct "
+                    f"state_dict['param_groups'][{group_index}] before loading it"
+                ) from None
+
+
+def _check_param_state(param_state: Any, param: torch.Tensor, where: str) -> None:
+    if not isinstance(param_state, Mapping):
+        raise ValueError(
+            f"{_PREFIX}: the state of {where} is a {type(param_state).__name__}, not a dict; "
+            f"the state dict is damaged"
+        )
+    missing = [key for key in REQUIRED_STATE_KEYS if key not in param_state]
+    if missing:
+        raise ValueError(
+            f"{_PREFIX}: the state of {where} lacks {missing} and has {sorted(param_state)}: "
+            f"{_NOT_OURS}"
+        )
+    _check_step(param_state["step"], where)
+    for key in _PER_ELEMENT_KEYS:
+        if key in param_state:
+            _check_state_tensor(param_state[key], key, param, where)
+
+
+def _check_step(step: Any, where: str) -> None:
+    value: float | None = None
+    if isinstance(step, torch.Tensor):
+        if step.numel() == 1 and step.device.type == "meta":
+            raise ValueError(
+                f"{_PREFIX}: 'step' of {where} is a tensor on the meta device, which holds no "
+                f"value; the checkpoint was saved from an optimizer without real state. "
+                f"{_CORRUPT}"
+            )
+        if step.numel() == 1 and not (step.is_complex() or step.dtype == torch.bool):
+            value = float(step.detach().cpu().item())
+    elif isinstance(step, numbers.Real) and not isinstance(step, bool):
+        value = float(step)
+    if value is None or not math.isfinite(value) or value < 0 or not value.is_integer():
+        raise ValueError(
+            f"{_PREFIX}: 'step' of {where} is {step!r}; it must be a whole number >= 0 (a "
+            f"Python int or a one-element tensor: the count of steps this parameter has taken). "
+            f"{_CORRUPT}"
+        )
+
+
+def _check_state_tensor(value: Any, key: str, param: torch.Tensor, where: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is a {type(value).__name__}, not a tensor; "
+            f"the state dict is damaged or is not an AdaBalance state dict"
+        )
+    if value.shape != param.shape:
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} has shape {tuple(value.shape)} but the "
+            f"parameter has shape {tuple(param.shape)}; the state dict was saved for another "
+            f"model or another parameter order"
+        )
+    if value.device.type == "meta" and param.device.type != "meta":
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is on the meta device, which holds no data, "
+            f"and cannot be copied to the parameter's device {param.device}; the checkpoint "
+            f"was saved from an optimizer whose state was never materialised. {_CORRUPT}"
+        )
+    if not (value.is_floating_point() or value.is_complex()):
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is {value.dtype}; AdaBalance state is "
+            f"floating point. The state dict is damaged or is not an AdaBalance state dict"
+        )
+    if value.is_complex() != param.is_complex():
+        kind = "complex" if value.is_complex() else "real"
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is {kind} ({value.dtype}) but the parameter "
+            f"is {param.dtype}; the state dict was saved for another model"
+        )
+    if value.device.type != "meta":
+        local = value.to_local() if hasattr(value, "to_local") else value
+        if bool(torch.isnan(local).any()):
+            nan_count = int(torch.isnan(local).sum())
+            raise ValueError(
+                f"{_PREFIX}: state {key!r} of {where} holds {nan_count} NaN value(s) of "
+                f"{local.numel()}; the next step would make the parameter NaN (the run had "
+                f"probably diverged when the checkpoint was saved). {_CORRUPT}"
+            )

@@ -4,26 +4,50 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
 import torch
 
-__all__ = ["validate_hyperparameters"]
+__all__ = ["validate_before_step", "validate_hyperparameters", "validate_param_group"]
+
+# "1e-3" (no dot in the mantissa): YAML 1.1 loaders such as PyYAML read it as a string.
+_YAML_STRING_FLOAT = re.compile(r"^[+-]?[0-9]+[eE][+-]?[0-9]+$")
 
 
-def _as_real_number(name: str, value: Any) -> float:
+def _string_message(name: str, value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return f"Invalid {name}: {value!r} is a str, not a number; pass a float, e.g. {name}=0.1"
+    hint = (
+        " (YAML reads 1e-3 without a dot as a string: write 1.0e-3 in the config file)"
+        if _YAML_STRING_FLOAT.match(value.strip())
+        else " (convert values read from a config file or the command line with float(...))"
+    )
+    return (
+        f"Invalid {name}: {value!r} is a str, not a number; pass a float: {name}={number!r}{hint}"
+    )
+
+
+def _as_real_number(name: str, value: Any, *, tensors: bool = True) -> float | None:
     """Return ``value`` as a float, or raise a ``ValueError`` that names ``name``.
 
     Strings (for example ``"1e-3"`` read from a config file) and booleans are rejected rather than
-    silently converted, so that a typo never becomes a hyper-parameter.
+    silently converted, so that a typo never becomes a hyper-parameter. With ``tensors=False`` a
+    tensor is not read (no device synchronisation) and ``None`` is returned.
     """
     if isinstance(value, torch.Tensor):
+        if not tensors:
+            return None
         if value.numel() != 1 or value.is_complex():
             raise ValueError(
                 f"Invalid {name}: {value!r}; a tensor {name} must hold one real number "
                 f"(a 0-dim tensor such as torch.tensor(1e-3))"
             )
         return float(value.detach().cpu().item())
+    if isinstance(value, str):
+        raise ValueError(_string_message(name, value))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
             f"Invalid {name}: {value!r} (type {type(value).__name__}); pass a number, "
@@ -39,8 +63,11 @@ def _check_range(
     low: float,
     high: float = math.inf,
     high_inclusive: bool = False,
+    tensors: bool = True,
 ) -> None:
-    number = _as_real_number(name, value)
+    number = _as_real_number(name, value, tensors=tensors)
+    if number is None:
+        return
     above_low = number >= low
     below_high = number <= high if high_inclusive else number < high
     # NaN fails both comparisons, so it is reported here too.
@@ -50,29 +77,31 @@ def _check_range(
         raise ValueError(f"Invalid {name}: {value!r}; it must lie in [{low!r}, {upper}{closing}")
 
 
-def validate_hyperparameters(group: dict[str, Any]) -> None:
+def validate_hyperparameters(group: dict[str, Any], *, tensors: bool = True) -> None:
     """Raise a ``ValueError`` naming the first invalid hyper-parameter of a param group.
 
     Args:
         group (dict): a param group (or the optimizer's defaults) holding ``lr``, ``betas``,
             ``beta3``, ``final_lr``, ``gamma``, ``eps``, ``weight_decay``, the boolean options
             and optionally ``base_lr``.
+        tensors (bool, optional): also check values held in tensors (reads them: a device
+            synchronisation for accelerator tensors). Default: ``True``
     """
-    _check_range("lr", group["lr"], low=0.0)
+    _check_range("lr", group["lr"], low=0.0, tensors=tensors)
     if "base_lr" in group:
-        _check_range("base_lr", group["base_lr"], low=0.0)
-    _check_range("eps", group["eps"], low=0.0)
+        _check_range("base_lr", group["base_lr"], low=0.0, tensors=tensors)
+    _check_range("eps", group["eps"], low=0.0, tensors=tensors)
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(
             f"Invalid betas: {betas!r}; pass a pair (beta1, beta2) such as (0.9, 0.999)"
         )
-    _check_range("betas[0]", betas[0], low=0.0, high=1.0)
-    _check_range("betas[1]", betas[1], low=0.0, high=1.0)
-    _check_range("beta3", group["beta3"], low=0.0, high=1.0)
-    _check_range("final_lr", group["final_lr"], low=0.0)
-    _check_range("gamma", group["gamma"], low=0.0, high=1.0)
-    _check_range("weight_decay", group["weight_decay"], low=0.0)
+    _check_range("betas[0]", betas[0], low=0.0, high=1.0, tensors=tensors)
+    _check_range("betas[1]", betas[1], low=0.0, high=1.0, tensors=tensors)
+    _check_range("beta3", group["beta3"], low=0.0, high=1.0, tensors=tensors)
+    _check_range("final_lr", group["final_lr"], low=0.0, tensors=tensors)
+    _check_range("gamma", group["gamma"], low=0.0, high=1.0, tensors=tensors)
+    _check_range("weight_decay", group["weight_decay"], low=0.0, tensors=tensors)
     flags = ("amsbound", "decoupled_weight_decay", "maximize")
     for flag in (*flags, "master_weights", "bf16_stochastic_round"):
         if not isinstance(group[flag], bool):
@@ -84,3 +113,47 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
         value = group.get(option)
         if value is not None and not isinstance(value, bool):
             raise ValueError(f"Invalid {option}: {value!r}; pass None, True or False")
+
+
+def validate_param_group(
+    param_group: dict[str, Any], defaults: dict[str, Any], group_index: int
+) -> None:
+    """Check a param group's hyper-parameters (its own, else the defaults) before it is added.
+
+    Args:
+        param_group (dict): the group being added (``"params"`` and per-group options).
+        defaults (dict): the optimizer's defaults, for the options the group does not set.
+        group_index (int): the position the group will take, named in the error.
+
+    Raises:
+        ValueError: naming the group, the hyper-parameter and its value.
+    """
+    try:
+        validate_hyperparameters({**defaults, **param_group})
+    except ValueError as error:
+        raise ValueError(f"AdaBalance param group {group_index}: {error}") from None
+
+
+def validate_before_step(param_groups: list[dict[str, Any]]) -> None:
+    """Check every group's hyper-parameters again before a step updates anything.
+
+    Catches values written into ``param_groups`` after construction (a buggy scheduler setting
+    ``group["lr"] = nan``, ``betas`` set to ``(1.0, 0.999)``, a string from a config file). Only
+    Python numbers are checked: a tensor ``lr`` is not read, so a step never synchronises.
+
+    Args:
+        param_groups (list of dict): the optimizer's param groups.
+
+    Raises:
+        ValueError: naming the group, the hyper-parameter and its value; no parameter and no
+            state has been changed.
+    """
+    for group_index, group in enumerate(param_groups):
+        try:
+            validate_hyperparameters(group, tensors=False)
+        except ValueError as error:
+            raise ValueError(
+                f"AdaBalance.step: param group {group_index} holds an invalid value, set after "
+                f"the optimizer was built (by a scheduler or by code that writes "
+                f"optimizer.param_groups[{group_index}][...]); nothing was updated. {error}"
+            ) from None

@@ -15,9 +15,10 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
 from ._precision import LOW_PRECISION_DTYPES, full_precision_state
-from ._state_dict_checks import check_state_dict
-from ._validation import validate_hyperparameters
+from ._state_dict_checks import cast_loaded_steps, check_state_dict
+from ._validation import validate_before_step, validate_hyperparameters, validate_param_group
 from .functional import _select, adabalance
 
 __all__ = ["AdaBalance"]
@@ -170,7 +171,7 @@ class AdaBalance(Optimizer):
         validate_hyperparameters(defaults)
         if fused and foreach:
             raise RuntimeError("AdaBalance: `foreach` and `fused` cannot both be True; pick one")
-        super().__init__(params, defaults)
+        super().__init__(check_param_list(params), defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         r"""Add a param group, validating its hyper-parameters and recording its ``base_lr``.
@@ -179,8 +180,10 @@ class AdaBalance(Optimizer):
             param_group (dict): the parameters under ``"params"`` and any per-group options.
                 A ``"base_lr"`` given here is kept; otherwise it is the group's ``lr``.
         """
-        if isinstance(param_group, dict):
-            validate_hyperparameters({**self.defaults, **param_group})
+        check_new_param_group(
+            param_group, self.param_groups, differentiable=bool(self.defaults["differentiable"])
+        )
+        validate_param_group(param_group, self.defaults, len(self.param_groups))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group["fused"]:
@@ -225,15 +228,18 @@ class AdaBalance(Optimizer):
             state_dict (dict): optimizer state, as returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: if the state dict has other groups or sizes, lacks AdaBalance's state
-                keys (a state dict of another optimizer), or holds tensors of other shapes.
+            ValueError: if the state dict has other groups or sizes, lacks AdaBalance's group or
+                state keys (a state dict of another optimizer), holds an invalid hyper-parameter,
+                a bad ``step``, tensors of other shapes, on the meta device or holding NaN. The
+                optimizer is unchanged then. State of another dtype or device is cast.
         """
-        check_state_dict(self.param_groups, state_dict)
+        check_state_dict(self.param_groups, state_dict, self.defaults)
         # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
         fp32_state = full_precision_state(self.param_groups, state_dict)
         super().load_state_dict(state_dict)
         for param, entries in fp32_state.items():
             self.state[param].update(entries)
+        cast_loaded_steps(self.param_groups, self.state)
 
     def _init_group(
         self, group_index: int, group: dict[str, Any], tensors: dict[str, list[Tensor]]
@@ -244,17 +250,14 @@ class AdaBalance(Optimizer):
         ``exp_avg_sqs``, ``exp_avg_lrs``, ``max_exp_avg_sqs``, ``state_steps``,
         ``master_params``, ``low_precision``) and returns whether any parameter is complex.
         """
+        if group_index == 0:
+            # Before the first group steps: every group's hyper-parameters and gradients.
+            validate_before_step(self.param_groups)
+            check_grads_before_step(self.param_groups)
         has_complex = False
-        for position, param in enumerate(group["params"]):
+        for param in group["params"]:
             if param.grad is None:
                 continue
-            if param.grad.is_sparse:
-                raise RuntimeError(
-                    f"AdaBalance does not support sparse gradients: parameter {position} of "
-                    f"param group {group_index} (shape {tuple(param.shape)}) has one. Use a "
-                    f"dense layer (e.g. nn.Embedding(..., sparse=False)) or "
-                    f"torch.optim.SparseAdam for this parameter."
-                )
             has_complex |= torch.is_complex(param)
             low_precision = param.dtype in LOW_PRECISION_DTYPES
             state = self.state[param]
