@@ -104,9 +104,10 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
         dict: keyword arguments with floats and bools (``foreach``/``fused`` may be ``None``).
 
     Raises:
-        ValueError: for an item that is not ``key=value``, a repeated key, an unknown key (the
-            message lists the valid keys), a key that has its own TrainingArguments field, or a
-            value of the wrong type (the message names the key and the expected type).
+        ValueError: for ``text`` that is not a string (a dict from a JSON config), an item that
+            is not ``key=value``, a repeated key, an unknown key (the message lists the valid
+            keys), a key that has its own TrainingArguments field, or a value of the wrong type
+            (the message names the key and the expected type).
 
     Example:
         >>> parse_optim_args("final_lr=0.05, amsbound=true")
@@ -114,6 +115,17 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
     """
     if not text:
         return {}
+    if not isinstance(text, str):
+        example = (
+            ",".join(f"{key}={value}" for key, value in text.items())
+            if isinstance(text, dict)
+            else "final_lr=0.05,amsbound=true"
+        )
+        raise ValueError(
+            f"optim_args must be a string of comma-separated key=value pairs, got a "
+            f"{type(text).__name__} ({text!r}); write it as optim_args={example!r} (in a JSON "
+            f"or YAML config too: transformers' optim_args is a string)"
+        )
     valid_keys = optim_args_keys(optimizer_cls)
     parsed: dict[str, Any] = {}
     for item in text.split(","):
