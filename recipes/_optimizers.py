@@ -25,7 +25,7 @@ __all__ = [
 # AdaBalance's defaults for transformer fine-tuning, chosen with the sweep documented in
 # benchmarks/results/adabalance_defaults_sweep.md (the paper's defaults, made for training from
 # scratch at lr 1e-3, are final_lr=0.1, gamma=1e-3, beta3=0.999).
-ADABALANCE_FINETUNE_DEFAULTS = {"lr": 1e-4, "final_lr": 0.01, "gamma": 1e-3, "beta3": 0.9}
+ADABALANCE_FINETUNE_DEFAULTS = {"lr": 3e-5, "final_lr": 0.1, "gamma": 1e-4, "beta3": 0.9}
 ADAMW_DEFAULT_LR = 3e-5
 _OTHERS = ("adamw", "adabound", "adamod")
 
