@@ -125,6 +125,15 @@ def test_rotation_never_deletes_the_last_complete_checkpoint(tmp_path):
     assert [p.name for p in find_checkpoints(tmp_path, "step_")] == ["step_4"]
 
 
+def test_rotation_without_limit_only_removes_staging_folders(tmp_path):
+    for step in (1, 2):
+        _save(tmp_path, step)
+    (tmp_path / "step_1" / MANIFEST_NAME).unlink()  # e.g. written by another tool
+    staging_dir(tmp_path / "step_3").mkdir()
+    assert [p.name for p in rotate_checkpoints(tmp_path, "step_", None)] == [".step_3.incomplete"]
+    assert [p.name for p in find_checkpoints(tmp_path, "step_")] == ["step_1", "step_2"]
+
+
 def test_rotation_protects_and_keeps_all(tmp_path):
     for step in (1, 2, 3):
         _save(tmp_path, step)

@@ -23,11 +23,12 @@ def rotate_checkpoints(
 ) -> list[Path]:
     """Delete old checkpoints so that at most ``save_total_limit`` complete ones remain.
 
-    Staging folders left by killed saves are deleted, and so are incomplete or damaged
-    checkpoints older than the newest complete one (nothing can resume from them). Damaged ones
-    newer than it are left for inspection. The newest complete checkpoint is never deleted,
-    whatever the limit. "Complete" is judged from the manifest by names and sizes (no checksums,
-    so rotation stays cheap); resume checks checksums too.
+    Staging folders left by killed saves are always deleted. With a limit, the checkpoints older
+    than the ``save_total_limit`` newest complete ones are deleted, incomplete or damaged ones
+    included (nothing can resume from those); incomplete ones among or newer than the kept ones
+    are left alone (they may be a user's own, or kept for inspection). The newest complete
+    checkpoint is never deleted, whatever the limit. "Complete" is judged from the manifest by
+    names and sizes (no checksums, so rotation stays cheap); resume checks checksums too.
 
     Args:
         root: the folder holding ``<prefix><step>`` checkpoint folders.
@@ -57,14 +58,16 @@ def rotate_checkpoints(
             broken.append(path)
     if complete:
         keep.add(complete[-1].resolve())
-    newest = checkpoint_step(complete[-1], prefix) if complete else -1
-    doomed = [p for p in broken if checkpoint_step(p, prefix) < newest]
+    doomed = []
     if root.is_dir():
         doomed += [
             p for p in root.iterdir() if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX)
         ]
-    if save_total_limit:
-        doomed += complete[: max(len(complete) - save_total_limit, 0)]
+    if save_total_limit and complete:
+        kept = complete[-save_total_limit:]
+        oldest_kept = checkpoint_step(kept[0], prefix)
+        doomed += complete[: len(complete) - len(kept)]
+        doomed += [p for p in broken if checkpoint_step(p, prefix) < oldest_kept]
     deleted = []
     for path in doomed:
         if path.resolve() in keep:
