@@ -236,7 +236,10 @@ def test_gradient_on_another_device_is_an_error() -> None:
     # torch's .grad setter refuses another device type; the check still covers what gets
     # through (cuda:1 gradients of cuda:0 parameters). Stand-ins make one on a CPU machine.
     param = SimpleNamespace(
-        shape=torch.Size([2]), device=torch.device("cpu"), grad=torch.ones(2, device="meta")
+        shape=torch.Size([2]),
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        grad=torch.ones(2, device="meta"),
     )
     with pytest.raises(RuntimeError, match="is on meta but the parameter is on cpu; move it"):
         check_grads_before_step([{"params": [param]}])

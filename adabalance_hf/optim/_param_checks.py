@@ -20,6 +20,10 @@ from ._precision import LOW_PRECISION_DTYPES
 
 __all__ = ["check_grads_before_step", "check_new_param_group", "check_param_list"]
 
+_STEPPABLE_DTYPES = frozenset(
+    {torch.float64, torch.float32, torch.bfloat16, torch.float16, torch.complex128, torch.complex64}
+)
+
 
 def check_param_list(params: Any) -> list:
     """Return ``params`` as a list, or raise the error torch would raise with the fix named.
@@ -183,8 +187,14 @@ def check_grads_before_step(param_groups: list[dict[str, Any]]) -> None:
     for group_index, group in enumerate(param_groups):
         for position, param in enumerate(group["params"]):
             grad = param.grad
-            if grad is None:
-                continue
+            if grad is None or (
+                grad.layout is torch.strided
+                and grad.dtype is param.dtype
+                and grad.dtype in _STEPPABLE_DTYPES
+                and grad.shape == param.shape
+                and grad.device == param.device
+            ):
+                continue  # the common case, decided in about a microsecond
             if grad.layout != torch.strided:
                 raise RuntimeError(
                     f"AdaBalance does not support sparse gradients: parameter {position} of "
