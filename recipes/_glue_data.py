@@ -15,10 +15,13 @@ Hub's encoding (class index, or a float for STS-B).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from _data_checks import check_table_file, read_text_file
 
 __all__ = ["TASKS", "Example", "GlueData", "TaskSpec", "load_glue_data", "read_glue_tsv"]
 
@@ -97,13 +100,45 @@ class GlueData:
 
 
 def _label_value(raw: str, spec: TaskSpec, where: str) -> int | float:
+    """The Hub encoding of a label string; ``where`` (file, line, column) prefixes the error."""
     raw = raw.strip()
     if spec.labels is None:
-        return float(raw)
-    try:
-        return spec.labels.index(raw)
-    except ValueError:
-        raise ValueError(f"{where}: label {raw!r} is not one of {spec.labels}") from None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{where}: score {raw!r} is not a number; GLUE {spec.folder} labels are "
+                f"similarity scores (floats from 0 to 5): fix the row, or check --task_name"
+            )
+        return value
+    if raw not in spec.labels:
+        raise ValueError(
+            f"{where}: label {raw!r} is not one of {', '.join(map(repr, spec.labels))} (the GLUE "
+            f"{spec.folder} labels); fix the row, or check --task_name (is the file from "
+            f"another task?)"
+        )
+    return spec.labels.index(raw)
+
+
+def _record_label(label: object, spec: TaskSpec | None, where: str) -> int | float:
+    """A label of a CSV/JSON record: a label string of the task, or its class index / score."""
+    if label is None or (isinstance(label, float) and math.isnan(label)):
+        raise ValueError(f"{where}: the label is empty; give every example a label")
+    if spec is None:
+        return label  # type: ignore[return-value]
+    if isinstance(label, str):
+        return _label_value(label, spec, where)
+    if spec.is_regression:
+        return _label_value(str(label), spec, where)
+    if isinstance(label, bool) or label not in range(spec.num_labels):
+        raise ValueError(
+            f"{where}: label {label!r} is not a class of GLUE {spec.folder} (0 to "
+            f"{spec.num_labels - 1}, or one of {', '.join(map(repr, spec.labels or ()))}); fix "
+            f"the row, or check --task_name"
+        )
+    return int(label)  # type: ignore[call-overload]
 
 
 def read_glue_tsv(path: str | os.PathLike, spec: TaskSpec) -> tuple[list[Example], int]:
@@ -114,32 +149,49 @@ def read_glue_tsv(path: str | os.PathLike, spec: TaskSpec) -> tuple[list[Example
     (a few malformed rows exist in QQP) are skipped and counted.
     """
     path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        lines = handle.read().split("\n")
-    rows = [line.rstrip("\r").split("\t") for line in lines if line.strip()]
+    text = read_text_file("--data_dir", path, f"the GLUE {spec.folder} TSV file")
+    # (line number, fields) of the non-blank lines: errors name the line in the file
+    rows = [
+        (number, line.rstrip("\r").split("\t"))
+        for number, line in enumerate(text.split("\n"), start=1)
+        if line.strip()
+    ]
     if not rows:
-        raise ValueError(f"{path} is empty")
+        raise ValueError(
+            f"{path}: the file is empty; a GLUE {spec.folder} TSV holds one example per line"
+            f"{' below a header row' if spec.has_header else ''}: download it again (e.g. with "
+            f"download_glue_data.py) or fix --data_dir"
+        )
     columns = list(spec.tsv_columns)
-    if spec.has_header or not _looks_like_data(rows[0], spec):
-        header = [name.strip() for name in rows.pop(0)]
+    names = [f"column {c + 1}" if isinstance(c, int) else None for c in columns]
+    if spec.has_header or not _looks_like_data(rows[0][1], spec):
+        header = [name.strip() for name in rows.pop(0)[1]]
         if spec.has_header:
             missing = [c for c in columns if c is not None and c not in header]
             if missing:
                 raise ValueError(
-                    f"{path}: header {header} lacks the column(s) {missing} of the GLUE "
-                    f"{spec.folder} format; is --task_name right for this folder?"
+                    f"{path} line 1: the header {header} lacks the column(s) {missing} of the "
+                    f"GLUE {spec.folder} format; is --task_name right for this folder?"
                 )
             columns = [None if c is None else header.index(c) for c in columns]
+            names = [None if c is None else f"column {header.index(c) + 1} ({c!r})"
+                     for c in spec.tsv_columns]  # fmt: skip
     index_a, index_b, index_label = columns
     examples, skipped = [], 0
     needed = max(i for i in columns if i is not None)
-    for number, row in enumerate(rows, start=2 if spec.has_header else 1):
+    for number, row in rows:
         if len(row) <= needed or not row[index_label].strip():
             skipped += 1
             continue
-        label = _label_value(row[index_label], spec, f"{path} line {number}")
+        label = _label_value(row[index_label], spec, f"{path} line {number}, {names[2]}")
         text_b = None if index_b is None else row[index_b]
         examples.append(Example(row[index_a], text_b, label))
+    if not examples:
+        raise ValueError(
+            f"{path}: no examples: all {len(rows)} row(s) below the header are malformed (fewer "
+            f"than {needed + 1} tab-separated fields, or an empty label); is this the GLUE "
+            f"{spec.folder} file?"
+        )
     return examples, skipped
 
 
@@ -188,12 +240,23 @@ def _load_tsv_dir(task: str, folder: Path, log) -> GlueData:
     return GlueData(train, loaded, spec.num_labels, spec.is_regression, f"tsv:{folder}")
 
 
-def _from_records(records, text_a: str, text_b: str | None, spec: TaskSpec | None) -> list:
+def _from_records(
+    records, text_a: str, text_b: str | None, spec: TaskSpec | None, rows: list[str] | None = None
+) -> list:
+    """Examples of a Hub split, or of a local file whose records ``rows`` names (file, line).
+
+    A local file's labels and texts are checked (the Hub's are known to be right).
+    """
     examples = []
-    for record in records:
+    for index, record in enumerate(records):
         label = record["label"]
-        if spec is not None and isinstance(label, str):
-            label = _label_value(label, spec, "label")
+        if rows is not None:
+            label = _record_label(label, spec, f"{rows[index]}, column 'label'")
+            for column in (text_a, text_b):
+                if column is not None and record[column] is None:
+                    raise ValueError(
+                        f"{rows[index]}: no text in column {column!r}; fill it in or drop the row"
+                    )
         examples.append(
             Example(str(record[text_a]), None if text_b is None else str(record[text_b]), label)
         )
@@ -203,22 +266,43 @@ def _from_records(records, text_a: str, text_b: str | None, spec: TaskSpec | Non
 def _load_files(task: str | None, train_file: str, validation_file: str) -> GlueData:
     import datasets
 
-    for flag, path in (("--train_file", train_file), ("--validation_file", validation_file)):
+    rows: dict[str, list[str]] = {}
+    columns: dict[str, list[str]] = {}
+    flags = {"train": "--train_file", "validation": "--validation_file"}
+    files = {"train": train_file, "validation": validation_file}
+    for split, path in files.items():
         if not path:
+            other = flags["validation" if split == "train" else "train"]
             raise ValueError(
-                f"{flag} is required when the other of --train_file/--validation_file is given"
+                f"{flags[split]} is missing: {other} needs it (pass both, as CSV or JSON files "
+                f"with a 'label' column)"
             )
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{flag} {path}: no such file")
-        if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
-            raise ValueError(f"{flag} {path}: use a .csv, .json or .jsonl file")
+        columns[split], lines = check_table_file(flags[split], path)
+        where = f"{flags[split]} {path}"
+        rows[split] = [f"{where} line {n}" if n else f"{where} record {i}"
+                       for i, n in enumerate(lines)]  # fmt: skip
+    suffixes = {Path(path).suffix.lower() == ".csv" for path in files.values()}
+    if len(suffixes) > 1:
+        raise ValueError(
+            f"--train_file {train_file} and --validation_file {validation_file}: give both as "
+            f"CSV or both as JSON"
+        )
+    missing = [c for c in columns["train"] if c not in columns["validation"] and c != "idx"]
+    if missing:
+        raise ValueError(
+            f"--validation_file {validation_file}: lacks the column(s) {missing} of "
+            f"--train_file {train_file}; give both files the same columns"
+        )
     extension = "csv" if train_file.lower().endswith(".csv") else "json"
-    raw = datasets.load_dataset(
-        extension, data_files={"train": train_file, "validation": validation_file}
-    )
+    try:
+        raw = datasets.load_dataset(extension, data_files=files)
+    except Exception as error:
+        raise ValueError(
+            f"--train_file {train_file} / --validation_file {validation_file}: the datasets "
+            f"library could not read them as {extension.upper()} ({type(error).__name__}: "
+            f"{error}); check that both files have the same columns"
+        ) from error
     names = [n for n in raw["train"].column_names if n not in ("label", "idx")]
-    if "label" not in raw["train"].column_names:
-        raise ValueError(f"--train_file {train_file}: needs a 'label' column, has {names}")
     spec = task_spec(task) if task else None
     if spec is not None and all(c in names for c in spec.hub_columns if c is not None):
         text_a, text_b = spec.hub_columns
@@ -226,8 +310,8 @@ def _load_files(task: str | None, train_file: str, validation_file: str) -> Glue
         text_a, text_b = "sentence1", "sentence2" if "sentence2" in names else None
     else:
         text_a, text_b = names[0], names[1] if len(names) > 1 else None
-    train = _from_records(raw["train"], text_a, text_b, spec)
-    dev = _from_records(raw["validation"], text_a, text_b, spec)
+    train = _from_records(raw["train"], text_a, text_b, spec, rows["train"])
+    dev = _from_records(raw["validation"], text_a, text_b, spec, rows["validation"])
     if spec is not None:
         num_labels, regression = spec.num_labels, spec.is_regression
     elif isinstance(train[0].label, float) and not float(train[0].label).is_integer():
@@ -236,8 +320,29 @@ def _load_files(task: str | None, train_file: str, validation_file: str) -> Glue
         label_set = sorted({e.label for e in train})
         if not all(isinstance(v, int) for v in label_set):  # string labels: index them
             index = {v: i for i, v in enumerate(label_set)}
+            for position, example in enumerate(dev):
+                if example.label not in index:
+                    raise ValueError(
+                        f"{rows['validation'][position]}, column 'label': label "
+                        f"{example.label!r} never occurs in --train_file {train_file} (labels: "
+                        f"{', '.join(map(repr, label_set))}); fix the row"
+                    )
             train = [e._replace(label=index[e.label]) for e in train]
             dev = [e._replace(label=index[e.label]) for e in dev]
+        else:  # class indices: 0 .. max, and the dev set's must be among them
+            if label_set[0] < 0:
+                raise ValueError(
+                    f"--train_file {train_file}: label {label_set[0]} is negative; class labels "
+                    f"are 0, 1, ... (or strings)"
+                )
+            label_set = list(range(label_set[-1] + 1))
+            for position, example in enumerate(dev):
+                if example.label not in label_set:
+                    raise ValueError(
+                        f"{rows['validation'][position]}, column 'label': label "
+                        f"{example.label!r} is not a class of --train_file {train_file} (0 to "
+                        f"{label_set[-1]}); fix the row"
+                    )
         num_labels, regression = len(label_set), False
     return GlueData(train, {"validation": dev}, num_labels, regression, "files")
 

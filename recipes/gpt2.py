@@ -73,15 +73,29 @@ class DataArguments:
 def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
     """Training and validation lines, from local files or the Hub."""
     if data.train_file or data.validation_file:
+        from _data_checks import read_text_file
+
+        what = (
+            "a plain-text file such as WikiText-2's wiki.train.raw; or leave out both "
+            "--train_file and --validation_file to load --dataset_name from the Hub"
+        )
         texts = []
         for flag, path in (("--train_file", data.train_file),
                            ("--validation_file", data.validation_file)):  # fmt: skip
-            if not path or not Path(path).is_file():
+            if not path:
                 raise FileNotFoundError(
-                    f"{flag} {path}: no such file; pass both --train_file and --validation_file "
-                    f"(plain text), or neither to use --dataset_name from the Hub"
+                    f"{flag} is missing: pass both --train_file and --validation_file (plain "
+                    f"text, e.g. WikiText-2's wiki.train.raw and wiki.valid.raw), or neither to "
+                    f"use --dataset_name from the Hub"
                 )
-            texts.append(Path(path).read_text(encoding="utf-8").splitlines())
+            lines = read_text_file(flag, path, what).splitlines()
+            if not any(line.strip() for line in lines):
+                raise ValueError(
+                    f"{flag} {path}: the file holds no text (empty or only blank lines); pass "
+                    f"the file with the {'training' if flag == '--train_file' else 'validation'} "
+                    f"text"
+                )
+            texts.append(lines)
         return texts[0], texts[1], f"files:{data.train_file},{data.validation_file}"
     import datasets
 
