@@ -317,6 +317,12 @@ def _load_files(task: str | None, train_file: str, validation_file: str) -> Glue
     elif isinstance(train[0].label, float) and not float(train[0].label).is_integer():
         num_labels, regression = 1, True
     else:
+        kinds = {type(e.label).__name__ for e in train}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"--train_file {train_file}: the labels mix {' and '.join(sorted(kinds))} values; "
+                f"use class indices 0, 1, ... or label strings throughout"
+            )
         label_set = sorted({e.label for e in train})
         if not all(isinstance(v, int) for v in label_set):  # string labels: index them
             index = {v: i for i, v in enumerate(label_set)}

@@ -132,6 +132,8 @@ BAD_FILES = [
      ".csv", ValueError, r"dev\.csv line 2, column 'label': label 'meh' never occurs"),
     ("dev_class_outside", None, GOOD_CSV, "sentence,label\nc,2\n", ".csv", ValueError,
      r"dev\.csv line 2, column 'label': label 2 is not a class of --train_file"),
+    ("mixed_labels", None, GOOD_JSON + '{"sentence": "so so", "label": "pos"}\n', GOOD_JSON,
+     ".json", ValueError, r"train\.json: the labels mix int and str values"),
     ("dev_column", None, "sentence,extra,label\na,x,1\n", GOOD_CSV, ".csv", ValueError,
      r"dev\.csv: lacks the column\(s\) \['extra'\]"),
 ]  # fmt: skip
