@@ -109,6 +109,12 @@ def validate_hyperparameters(group: dict[str, Any], *, tensors: bool = True) -> 
                 f"Invalid {flag}: {group[flag]!r} (type {type(group[flag]).__name__}); "
                 f"pass True or False"
             )
+    skip = group.get("skip_nonfinite_grads", False)
+    if not isinstance(skip, bool):
+        raise ValueError(
+            f"Invalid skip_nonfinite_grads: {skip!r} (type {type(skip).__name__}); pass True or "
+            f"False (a string such as 'yes' from a config file must be converted first)"
+        )
     for option in ("foreach", "fused"):
         value = group.get(option)
         if value is not None and not isinstance(value, bool):

@@ -15,6 +15,13 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from ._nonfinite import (
+    OPTION,
+    SKIP_COUNT_KEY,
+    restore_nonfinite_keys,
+    skip_count,
+    skip_nonfinite_step,
+)
 from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
 from ._precision import LOW_PRECISION_DTYPES, full_precision_state
 from ._state_dict_checks import cast_loaded_steps, check_state_dict
@@ -33,6 +40,7 @@ _OPTION_DEFAULTS = {
     "master_weights": True,
     "bf16_stochastic_round": False,
     "differentiable": False,
+    OPTION: False,
 }
 
 
@@ -118,6 +126,18 @@ class AdaBalance(Optimizer):
         bf16_stochastic_round (bool, optional): without master weights, round bf16 results
             stochastically instead of to nearest, so that small updates survive in expectation.
             Default: ``False``
+        skip_nonfinite_grads (bool, optional): before updating anything, check every gradient
+            of every param group; if any holds inf or nan, skip the whole step (no parameter,
+            master weight, moment or step count changes), count it in
+            :attr:`nonfinite_steps_skipped` and log a warning on the ``"adabalance_hf"`` logger,
+            as ``torch.amp.GradScaler`` skips such steps. On in any param group, it covers the
+            whole step. When a process group of more than one rank is initialised, the check
+            all-reduces one scalar per step over the default group, so that ranks holding shards
+            of the gradients (ZeroRedundancyOptimizer, FSDP2, DeepSpeed) skip together: every
+            rank must call ``step()``. The check costs one host synchronisation per step.
+            ``load_state_dict`` keeps the loading optimizer's setting (turn it on to resume a
+            run that died on a non-finite batch); steps that ``GradScaler`` skips are not
+            counted (its loss-scale calibration skips them routinely). Default: ``False``
 
     Example:
         >>> # xdoctest: +SKIP
@@ -150,6 +170,7 @@ class AdaBalance(Optimizer):
         fused: bool | None = None,
         master_weights: bool = True,
         bf16_stochastic_round: bool = False,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -167,8 +188,10 @@ class AdaBalance(Optimizer):
             master_weights=master_weights,
             bf16_stochastic_round=bf16_stochastic_round,
             differentiable=False,
+            skip_nonfinite_grads=skip_nonfinite_grads,
         )
         validate_hyperparameters(defaults)
+        defaults[SKIP_COUNT_KEY] = 0  # a count, not an option: see nonfinite_steps_skipped
         if fused and foreach:
             raise RuntimeError("AdaBalance: `foreach` and `fused` cannot both be True; pick one")
         super().__init__(check_param_list(params), defaults)
@@ -220,6 +243,17 @@ class AdaBalance(Optimizer):
                     param_state["step"] = torch.tensor(
                         float(param_state["step"]), dtype=_get_scalar_dtype()
                     )
+        restore_nonfinite_keys(self.defaults, self.param_groups)
+
+    @property
+    def nonfinite_steps_skipped(self) -> int:
+        """Steps skipped by ``skip_nonfinite_grads`` because a gradient held inf or nan.
+
+        Stored in every param group under ``"nonfinite_steps_skipped"``, so it survives
+        ``state_dict()``/``load_state_dict()``, DCP, deep copies and pickling (0 for a state dict
+        saved before the option existed).
+        """
+        return skip_count(self.param_groups)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         r"""Load the optimizer state, after checking that it is an AdaBalance state that fits.
@@ -234,12 +268,15 @@ class AdaBalance(Optimizer):
                 optimizer is unchanged then. State of another dtype or device is cast.
         """
         check_state_dict(self.param_groups, state_dict, self.defaults)
+        skip_options = [group[OPTION] for group in self.param_groups]
         # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
         fp32_state = full_precision_state(self.param_groups, state_dict)
         super().load_state_dict(state_dict)
         for param, entries in fp32_state.items():
             self.state[param].update(entries)
         cast_loaded_steps(self.param_groups, self.state)
+        for group, skip in zip(self.param_groups, skip_options, strict=True):
+            group[OPTION] = skip
 
     def _init_group(
         self, group_index: int, group: dict[str, Any], tensors: dict[str, list[Tensor]]
@@ -305,6 +342,8 @@ class AdaBalance(Optimizer):
         # inf/nan gradients entirely, and unscale the gradients of the others.
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and found_inf.item() != 0:
+            return loss
+        if skip_nonfinite_step(self):  # skip_nonfinite_grads: inf/nan in any gradient
             return loss
         grad_scale = getattr(self, "grad_scale", None)
 

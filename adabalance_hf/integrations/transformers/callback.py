@@ -10,7 +10,9 @@ On each logging step the callback adds to the Trainer's logs:
   below the lower bound, strictly between the bounds, or at or above the upper bound, each
   tensor judged with its own step count and its group's rate. Early in training most elements
   sit at the upper bound or between the bounds (adaptive, Adam-like); as the bounds close in on
-  ``final_lr``, elements move to the bounds (SGD-like): this is the transition the paper is about.
+  ``final_lr``, elements move to the bounds (SGD-like): this is the transition the paper is about;
+* ``adabalance/nonfinite_steps_skipped``: how many optimizer steps ``skip_nonfinite_grads`` has
+  skipped because a gradient held inf or nan (only when the option is on, or a step was skipped).
 
 Cost: nothing on other steps except recording each group's ``lr`` after the optimizer step.
 On a logging step, two elementwise comparisons and two counts over every ``exp_avg_lr`` tensor,
@@ -46,6 +48,17 @@ def _find_adabalance(optimizer: Any) -> AdaBalance | None:
             return optimizer
         optimizer = getattr(optimizer, "optimizer", None)
         seen += 1
+    return None
+
+
+def _nonfinite_steps_skipped(optimizer: AdaBalance) -> int | None:
+    """The skip count of ``skip_nonfinite_grads`` when it is on (or has counted), else None."""
+    count = getattr(optimizer, "nonfinite_steps_skipped", None)  # absent in older versions
+    if count is None:
+        return None
+    groups = optimizer.param_groups
+    if count or any(group.get("skip_nonfinite_grads", False) for group in groups):
+        return int(count)
     return None
 
 
@@ -198,6 +211,9 @@ class AdaBalanceDiagnosticsCallback(TrainerCallback):
             PREFIX + key: value
             for key, value in adabalance_diagnostics(found, self._step_lrs).items()
         }
+        skipped = _nonfinite_steps_skipped(found)
+        if skipped is not None:
+            values[PREFIX + "nonfinite_steps_skipped"] = skipped
         logs.update(values)
         # Trainer.log appends a copy of the logs to log_history before calling the callbacks.
         history = state.log_history

@@ -66,6 +66,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "maximize": _to_bool,
     "foreach": _to_optional_bool,
     "fused": _to_optional_bool,
+    "skip_nonfinite_grads": _to_bool,
 }
 
 # Hyper-parameters that have their own TrainingArguments field: setting them twice is an error.
