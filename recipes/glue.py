@@ -235,7 +235,7 @@ def main(argv=None) -> int:
                     interrupt.restore()
                     shut_down(accelerator)
                     return 1
-            if interrupted or step >= end:
+            if interrupted or step >= max_steps:  # an epoch's last step ends its loader
                 break
         if interrupted:
             break
