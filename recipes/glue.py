@@ -83,6 +83,12 @@ def main(argv=None) -> int:
         shut_down(accelerator)
         return 2
     model_path = minilm_folder() if args.model_name_or_path == MINILM else args.model_name_or_path
+    # The metrics' libraries, imported before seeding rather than at the first evaluation:
+    # importing scikit-learn draws from Python's `random` (rich, which it imports, does), and a
+    # resumed run would otherwise draw at another point of its RNG stream than the original.
+    import scipy.stats  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
     set_seed(args.seed)
 
     data = load_glue_data(
