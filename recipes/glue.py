@@ -8,6 +8,12 @@ With no data or model argument this runs the offline quickstart: the pretrained 
 
 Data: ``--data_dir`` or ``$GLUE_DIR/<TASK>`` (GLUE TSVs), ``--train_file/--validation_file``
 (CSV/JSON), else the Hub (``nyu-mll/glue``). Multi-process, mixed precision: accelerate's config.
+
+Fault tolerance: ``--checkpointing_steps N`` saves the whole training state every N optimizer
+steps, and on SIGINT/SIGTERM, atomically into ``<output_dir>/checkpoints/step_<N>``. A job script
+re-run after a preemption with ``--resume_from_checkpoint auto`` continues from the newest
+complete checkpoint (or starts afresh) and ends as an uninterrupted run would, to the bit;
+``--save_total_limit K`` keeps the newest K checkpoints. See ``_checkpointing.py``.
 """
 
 from __future__ import annotations
