@@ -171,7 +171,7 @@ def resolve_checkpoint(value: str, output_dir: str | Path, log=print) -> Path | 
     """
     root = checkpoint_root(output_dir)
     if value in AUTO:
-        path, skipped = latest_complete_checkpoint(root, PREFIX)
+        path, skipped = latest_complete_checkpoint(root, PREFIX, log_skipped=False)
         for error in skipped:
             log(f"--resume_from_checkpoint {value}: skipping {error.path}: {error.reason}")
         if path is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -132,6 +133,24 @@ def test_rotation_without_limit_only_removes_staging_folders(tmp_path):
     staging_dir(tmp_path / "step_3").mkdir()
     assert [p.name for p in rotate_checkpoints(tmp_path, "step_", None)] == [".step_3.incomplete"]
     assert [p.name for p in find_checkpoints(tmp_path, "step_")] == ["step_1", "step_2"]
+
+
+def test_rotation_removes_a_stale_replaced_copy_only_when_the_new_one_exists(tmp_path):
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    (tmp_path / "step_1").rename(tmp_path / ".step_1.replaced")  # killed mid-replace of step_1
+    shutil.copytree(tmp_path / "step_2", tmp_path / ".step_2.replaced")  # ... of step_2
+    deleted = rotate_checkpoints(tmp_path, "step_", None)
+    assert [p.name for p in deleted] == [".step_2.replaced"]
+    assert (tmp_path / ".step_1.replaced").is_dir()
+
+
+def test_damaged_checkpoints_can_be_left_unlogged(tmp_path, caplog):
+    _save(tmp_path, 1)
+    (_save(tmp_path, 2) / MANIFEST_NAME).unlink()
+    with caplog.at_level(logging.WARNING, logger="adabalance_hf"):
+        path, skipped = latest_complete_checkpoint(tmp_path, "step_", log_skipped=False)
+    assert path.name == "step_1" and len(skipped) == 1 and caplog.text == ""
 
 
 def test_rotation_protects_and_keeps_all(tmp_path):

@@ -14,6 +14,7 @@ from .manifest import write_manifest
 __all__ = ["atomic_checkpoint", "commit_checkpoint", "prepare_staging", "staging_dir"]
 
 STAGING_SUFFIX = ".incomplete"
+REPLACED_SUFFIX = ".replaced"
 
 
 def staging_dir(final: str | os.PathLike) -> Path:
@@ -72,7 +73,7 @@ def commit_checkpoint(
     _fsync(staging)
     replaced = None
     if final.exists():
-        replaced = final.parent / f".{final.name}.replaced"
+        replaced = final.parent / f".{final.name}{REPLACED_SUFFIX}"
         if replaced.exists():
             shutil.rmtree(replaced)
         os.replace(final, replaced)

@@ -30,7 +30,7 @@ def find_checkpoints(root: str | os.PathLike, prefix: str) -> list[Path]:
 
 
 def latest_complete_checkpoint(
-    root: str | os.PathLike, prefix: str, *, checksums: bool = True
+    root: str | os.PathLike, prefix: str, *, checksums: bool = True, log_skipped: bool = True
 ) -> tuple[Path | None, list[CheckpointError]]:
     """The newest checkpoint under ``root`` that passes :func:`verify_checkpoint`.
 
@@ -40,6 +40,8 @@ def latest_complete_checkpoint(
         root: the folder holding ``<prefix><step>`` checkpoint folders.
         prefix: the folder-name prefix, e.g. ``"step_"`` or ``"checkpoint-"``.
         checksums: verify SHA-256 as well as sizes.
+        log_skipped: log a warning for each skipped checkpoint (pass ``False`` when the caller
+            reports the returned errors itself).
 
     Returns:
         ``(path, skipped)``: the checkpoint (``None`` if there is none) and the errors of the
@@ -50,7 +52,8 @@ def latest_complete_checkpoint(
         try:
             verify_checkpoint(path, checksums=checksums)
         except CheckpointError as error:
-            logger.warning("%s; falling back to an older checkpoint", error)
+            if log_skipped:
+                logger.warning("%s; falling back to an older checkpoint", error)
             skipped.append(error)
             continue
         return path, skipped

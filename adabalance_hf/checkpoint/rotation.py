@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import STAGING_SUFFIX
+from .atomic import REPLACED_SUFFIX, STAGING_SUFFIX
 from .discovery import checkpoint_step, find_checkpoints
 from .manifest import CheckpointError, verify_checkpoint
 
@@ -23,7 +23,8 @@ def rotate_checkpoints(
 ) -> list[Path]:
     """Delete old checkpoints so that at most ``save_total_limit`` complete ones remain.
 
-    Staging folders left by killed saves are always deleted. With a limit, the checkpoints older
+    Staging folders left by killed saves are always deleted (and the old copy a killed save was
+    replacing, once the new one is in place). With a limit, the checkpoints older
     than the ``save_total_limit`` newest complete ones are deleted, incomplete or damaged ones
     included (nothing can resume from those); incomplete ones among or newer than the kept ones
     are left alone (they may be a user's own, or kept for inspection). The newest complete
@@ -60,9 +61,14 @@ def rotate_checkpoints(
         keep.add(complete[-1].resolve())
     doomed = []
     if root.is_dir():
-        doomed += [
-            p for p in root.iterdir() if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX)
-        ]
+        for path in root.iterdir():
+            if path.name.startswith(".") and path.name.endswith(STAGING_SUFFIX):
+                doomed.append(path)
+            # left by a save killed while it replaced a folder of the same step: stale once the
+            # new folder is in place (otherwise it is that step's only copy, and kept)
+            elif path.name.startswith(".") and path.name.endswith(REPLACED_SUFFIX):
+                if (root / path.name[1 : -len(REPLACED_SUFFIX)]).is_dir():
+                    doomed.append(path)
     if save_total_limit and complete:
         kept = complete[-save_total_limit:]
         oldest_kept = checkpoint_step(kept[0], prefix)
