@@ -20,11 +20,10 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
 from _glue_data import TASKS, load_glue_data, read_glue_tsv  # noqa: E402
+from _glue_fixtures import WORDS, write_sentiment_tsvs  # noqa: E402
 from _glue_metrics import glue_metrics  # noqa: E402
 
 from adabalance_hf.checkpoint import verify_checkpoint  # noqa: E402
-
-WORDS = "good great fine nice bad awful poor dull the a film food was is very not".split()
 
 
 def _reset_accelerate() -> None:
@@ -53,16 +52,7 @@ def _tiny_model(folder: Path, dropout: float) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("glue")
-    data = root / "SST-2"
-    data.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for name, count in (("train", 48), ("dev", 20)):
-        rows = ["sentence\tlabel"]
-        for i in range(count):
-            label = i % 2
-            word = WORDS[int(torch.randint(0, 4, (1,), generator=generator)) + 4 * (1 - label)]
-            rows.append(f"the film was {'very ' * (i % 3)}{word} \t{label}")
-        (data / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    data = write_sentiment_tsvs(root / "SST-2")
     return {"data": data, "model_nodrop": _tiny_model(root / "model_nodrop", dropout=0.0)}
 
 

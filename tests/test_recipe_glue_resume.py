@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _glue_fixtures import WORDS, write_sentiment_tsvs
 from safetensors.torch import load_file
 
 from adabalance_hf.checkpoint import MANIFEST_NAME, verify_checkpoint
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 sys.path.insert(0, str(RECIPES))
 
-WORDS = "good great fine nice bad awful poor dull the a film food was is very not".split()
 # tests/_kill_driver.py specs
 STEP = "adabalance_hf.optim.adabalance:AdaBalance.step"
 SAVE = "accelerate.checkpointing:save"  # model, optimizer, scheduler of a save, in this order
@@ -47,16 +47,7 @@ def setup(tmp_path_factory):
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     root = tmp_path_factory.mktemp("glue_resume")
-    data = root / "SST-2"
-    data.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for name, count in (("train", 48), ("dev", 20)):
-        rows = ["sentence\tlabel"]
-        for i in range(count):
-            label = i % 2
-            word = WORDS[int(torch.randint(0, 4, (1,), generator=generator)) + 4 * (1 - label)]
-            rows.append(f"the film was {'very ' * (i % 3)}{word} \t{label}")
-        (data / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    data = write_sentiment_tsvs(root / "SST-2")
     model = root / "model"
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(model)
