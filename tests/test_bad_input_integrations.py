@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -128,3 +129,17 @@ def test_optim_args_changed_after_construction_fail_when_the_optimizer_is_built(
     cls, kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(args)
     with pytest.raises(ValueError, match=re.escape("Invalid final_lr: -1.0")):
         cls([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+def test_adabalance_fields_with_another_optimizer_warn_that_they_are_ignored(tmp_path) -> None:
+    with pytest.warns(UserWarning, match="adabalance_gamma, adabalance_amsbound will be ignored"):
+        make_args(
+            tmp_path,
+            AdaBalanceTrainingArguments,
+            optim="adamw_torch",
+            adabalance_gamma=1e-4,
+            adabalance_amsbound=True,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_args(tmp_path, AdaBalanceTrainingArguments, optim="adamw_torch")

@@ -141,11 +141,24 @@ class AdaBalanceTrainingArguments(TrainingArguments):
         name = check_optimizer_name(self.optim)
         if not is_adabalance_name(name):
             super().__post_init__()
+            self._warn_unused_adabalance_fields(name)
             return
         self.optim = _PLACEHOLDER
         super().__post_init__()
         self.optim = name
         self._check_adabalance_options()
+
+    def _warn_unused_adabalance_fields(self, name: str) -> None:
+        """``--adabalance_*`` flags with another optimizer would be ignored: say so."""
+        unused = [f for f, key in _FLOAT_FIELDS.items() if getattr(self, f) != _DEFAULTS[key]]
+        unused += [f for f in _BOOL_FIELDS if getattr(self, f) is not None]
+        if unused:
+            warnings.warn(
+                f"optim={name!r} is not AdaBalance, so {', '.join(unused)} will be ignored; "
+                f"pass optim='adabalance' (or another AdaBalance name) to use them, or drop them",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def set_optimizer(
         self,
