@@ -59,7 +59,7 @@ def plot_task(task: str, curves: dict[str, list], metric: str, path: Path) -> No
                             color=line.get_color())  # fmt: skip
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"{task}: training loss (final metric: {metric})")
+    ax.set_title(f"{task}: training loss (scored by {metric.split(' (')[0]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
