@@ -49,6 +49,7 @@ def curves_by_task(records: list[dict]) -> dict[str, dict[str, list[list[tuple[i
 
 def plot_task(task: str, curves: dict[str, list], metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours for up to 20 settings
     for label, runs in sorted(curves.items()):
         length = min(len(run) for run in runs)
         steps = np.array([step for step, _ in runs[0][:length]])
