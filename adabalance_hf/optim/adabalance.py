@@ -278,19 +278,13 @@ class AdaBalance(Optimizer):
         for group, skip in zip(self.param_groups, skip_options, strict=True):
             group[OPTION] = skip
 
-    def _init_group(
-        self, group_index: int, group: dict[str, Any], tensors: dict[str, list[Tensor]]
-    ) -> bool:
+    def _init_group(self, group: dict[str, Any], tensors: dict[str, list[Tensor]]) -> bool:
         """Create missing state and gather the group's tensors that have a gradient.
 
         Fills ``tensors`` (parallel lists keyed ``params``, ``grads``, ``exp_avgs``,
         ``exp_avg_sqs``, ``exp_avg_lrs``, ``max_exp_avg_sqs``, ``state_steps``,
         ``master_params``, ``low_precision``) and returns whether any parameter is complex.
         """
-        if group_index == 0:
-            # Before the first group steps: every group's hyper-parameters and gradients.
-            validate_before_step(self.param_groups)
-            check_grads_before_step(self.param_groups)
         has_complex = False
         for param in group["params"]:
             if param.grad is None:
@@ -343,13 +337,17 @@ class AdaBalance(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and found_inf.item() != 0:
             return loss
+        # Before any group steps (and before the non-finite check reads the gradients): every
+        # group's hyper-parameters and gradients, so a bad one fails with nothing modified.
+        validate_before_step(self.param_groups)
+        check_grads_before_step(self.param_groups)
         if skip_nonfinite_step(self):  # skip_nonfinite_grads: inf/nan in any gradient
             return loss
         grad_scale = getattr(self, "grad_scale", None)
 
-        for group_index, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             tensors: dict[str, list[Tensor]] = {key: [] for key in _TENSOR_LISTS}
-            has_complex = self._init_group(group_index, group, tensors)
+            has_complex = self._init_group(group, tensors)
             if not tensors["params"]:
                 continue
             if grad_scale is not None:
