@@ -99,6 +99,16 @@ class GlueData:
     source: str
 
 
+def _check_dev_labels(dev: list, where: list[str], allowed, problem: str) -> None:
+    """Raise naming the first dev row (``where[i]`` is its file and line) whose label is not in
+    ``allowed``; ``problem`` says why, after the label."""
+    for position, example in enumerate(dev):
+        if example.label not in allowed:
+            raise ValueError(
+                f"{where[position]}, column 'label': label {example.label!r} {problem}; fix the row"
+            )
+
+
 def _label_value(raw: str, spec: TaskSpec, where: str) -> int | float:
     """The Hub encoding of a label string; ``where`` (file, line, column) prefixes the error."""
     raw = raw.strip()
@@ -326,13 +336,11 @@ def _load_files(task: str | None, train_file: str, validation_file: str) -> Glue
         label_set = sorted({e.label for e in train})
         if not all(isinstance(v, int) for v in label_set):  # string labels: index them
             index = {v: i for i, v in enumerate(label_set)}
-            for position, example in enumerate(dev):
-                if example.label not in index:
-                    raise ValueError(
-                        f"{rows['validation'][position]}, column 'label': label "
-                        f"{example.label!r} never occurs in --train_file {train_file} (labels: "
-                        f"{', '.join(map(repr, label_set))}); fix the row"
-                    )
+            _check_dev_labels(
+                dev, rows["validation"], index,
+                f"never occurs in --train_file {train_file} (labels: "
+                f"{', '.join(map(repr, label_set))})",
+            )  # fmt: skip
             train = [e._replace(label=index[e.label]) for e in train]
             dev = [e._replace(label=index[e.label]) for e in dev]
         else:  # class indices: 0 .. max, and the dev set's must be among them
@@ -342,13 +350,10 @@ def _load_files(task: str | None, train_file: str, validation_file: str) -> Glue
                     f"are 0, 1, ... (or strings)"
                 )
             label_set = list(range(label_set[-1] + 1))
-            for position, example in enumerate(dev):
-                if example.label not in label_set:
-                    raise ValueError(
-                        f"{rows['validation'][position]}, column 'label': label "
-                        f"{example.label!r} is not a class of --train_file {train_file} (0 to "
-                        f"{label_set[-1]}); fix the row"
-                    )
+            _check_dev_labels(
+                dev, rows["validation"], set(label_set),
+                f"is not a class of --train_file {train_file} (0 to {label_set[-1]})",
+            )  # fmt: skip
         num_labels, regression = len(label_set), False
     return GlueData(train, {"validation": dev}, num_labels, regression, "files")
 
