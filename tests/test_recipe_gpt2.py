@@ -26,12 +26,16 @@ def _text(count: int, seed: int) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpt2")
+def write_text_files(root: Path) -> Path:
+    """``train.txt`` (400 sentences) and ``valid.txt`` (80) in ``root``; returns ``root``."""
     (root / "train.txt").write_text(_text(400, 0))
     (root / "valid.txt").write_text(_text(80, 1))
     return root
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    return write_text_files(tmp_path_factory.mktemp("gpt2"))
 
 
 def _args(text_files, out, *extra):

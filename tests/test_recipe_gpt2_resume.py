@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipe_gpt2 import _text
+from test_recipe_gpt2 import write_text_files
 
 from adabalance_hf.checkpoint import verify_checkpoint
 
@@ -37,10 +37,7 @@ COMMIT = "adabalance_hf.checkpoint.atomic:commit_checkpoint"
 
 @pytest.fixture(scope="module")
 def text_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpt2_text")
-    (root / "train.txt").write_text(_text(400, 0))
-    (root / "valid.txt").write_text(_text(80, 1))
-    return root
+    return write_text_files(tmp_path_factory.mktemp("gpt2_text"))
 
 
 def run(text_files, out: Path, *, kill: str | None = None, resume: str = "auto"):
