@@ -67,8 +67,8 @@ def parse_args() -> argparse.Namespace:
         "--gpt2_optim_args",
         nargs="+",
         default=[""],
-        help="AdaBalance --optim_args for the GPT-2 runs, one run per string ('' = the optimizer's "
-        "defaults), e.g. '' 'beta3=0.99'",
+        help="AdaBalance --optim_args for the GPT-2 runs, one run per string ('' = the GPT-2 "
+        "recipe's defaults, beta3=0.99,gamma=1e-4), e.g. '' 'beta3=0.999,gamma=1e-3'",
     )
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")
@@ -214,7 +214,8 @@ def main() -> None:
         else:
             plan += [(task, optimizer, seed, {}) for optimizer in args.optimizers]
     if args.wikitext_dir:
-        names = {"adamw": "adamw_torch"}
+        # The GPT-2 recipe's AdaBalance is adabalancew (see recipes/_gpt2_defaults.py).
+        names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
         for seed, optimizer in itertools.product(args.seeds, args.optimizers):
             variants = args.gpt2_optim_args if optimizer.startswith("adabalance") else [""]
             plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,

@@ -2,15 +2,20 @@
 
 The command line is ``HfArgumentParser`` over the model/data arguments below and
 ``AdaBalanceTrainingArguments``, so every Trainer flag works, including ``--optim adabalance`` and
-``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. Examples::
+``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. The recipe's defaults differ from the
+Trainer's in one place: ``--optim`` defaults to ``adabalancew`` (AdaBalance with AdamW-style
+weight decay), and any AdaBalance name gets ``beta3=0.99, gamma=1e-4`` unless ``--optim_args`` or
+``--adabalance_beta3``/``--adabalance_gamma`` set them (why: ``_gpt2_defaults.py``). Pass
+``--optim adamw_torch`` for AdamW. Examples::
 
-    # pretrained gpt2 on WikiText-2 from the Hub
-    python recipes/gpt2.py --model_name_or_path gpt2 --output_dir outputs/gpt2 --optim adabalance
+    # pretrained gpt2 on WikiText-2 from the Hub, AdaBalance at the recipe's defaults
+    python recipes/gpt2.py --model_name_or_path gpt2 --output_dir outputs/gpt2
 
     # offline: a small GPT-2 from a config, a tokenizer trained on the training text, local files
     python recipes/gpt2.py --config_overrides n_layer=4,n_embd=256,n_head=4 --train_tokenizer \
         --train_file wiki/test.txt --validation_file wiki/valid.txt --output_dir outputs/gpt2s \
-        --optim adabalance --learning_rate 1e-3 --num_train_epochs 1 --report_to none
+        --learning_rate 1e-3 --num_train_epochs 1 --report_to none
+    # the same with AdamW, for a side-by-side comparison: add --optim adamw_torch
 
 Writes the model, the tokenizer, ``results.json`` (arguments, optimizer settings, validation
 perplexity, log history with the AdaBalance bound diagnostics, wall time) to ``--output_dir``.
@@ -28,9 +33,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["DataArguments", "ModelArguments", "main"]
 
@@ -167,20 +174,44 @@ def blocks(lines: list[str], tokenizer, block_size: int, limit: int | None) -> l
     ]  # fmt: skip
 
 
-def parse(argv=None):
+def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, Any, dict]:
+    """Parse the command line (or one JSON config file) and fill in the recipe's defaults.
+
+    Returns the three argument dataclasses and the AdaBalance options set from the recipe's
+    defaults (see ``_gpt2_defaults``), for the log.
+    """
+    from _gpt2_defaults import (
+        GPT2_DEFAULT_OPTIM,
+        apply_adabalance_defaults,
+        default_dests,
+        given_on_command_line,
+    )
     from transformers import HfArgumentParser
 
     from adabalance_hf import AdaBalanceTrainingArguments
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, AdaBalanceTrainingArguments))
-    if argv is not None and len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    parser.set_defaults(optim=GPT2_DEFAULT_OPTIM)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        config = json.loads(Path(argv[0]).read_text())
+        config.setdefault("optim", GPT2_DEFAULT_OPTIM)
+        given = set(config)
+        model_args, data_args, training_args = parser.parse_dict(config)
+    else:
+        given = given_on_command_line(parser, argv, default_dests())
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    applied = apply_adabalance_defaults(training_args, given)
+    return model_args, data_args, training_args, applied
 
 
 def main(argv=None) -> dict:
     started = time.time()
-    model_args, data_args, training_args = parse(argv)
+    model_args, data_args, training_args, recipe_defaults = parse(argv)
+    if recipe_defaults:
+        settings = ", ".join(f"{key}={value:g}" for key, value in recipe_defaults.items())
+        print(f"optim={training_args.optim} with the GPT-2 recipe's defaults {settings} "
+              f"(set them with --optim_args or --adabalance_*)", flush=True)  # fmt: skip
     from transformers import AutoTokenizer, default_data_collator, set_seed
 
     from adabalance_hf import AdaBalanceTrainer
@@ -228,6 +259,7 @@ def main(argv=None) -> dict:
         "model_arguments": asdict(model_args),
         "data_arguments": asdict(data_args),
         "training_arguments": json.loads(training_args.to_json_string()),
+        "recipe_defaults_applied": recipe_defaults,
         "data_source": source,
         "train_blocks": len(train_set),
         "eval_blocks": len(eval_set),

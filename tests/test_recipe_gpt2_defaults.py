@@ -1,0 +1,125 @@
+"""recipes/gpt2.py defaults: adabalancew with beta3=0.99, gamma=1e-4 unless the user says otherwise.
+
+The expected values come from ``_gpt2_defaults`` only for the names of the keys; the numbers the
+tests compare against are written here, so a silent change of a recipe default fails a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+from test_recipe_gpt2 import write_text_files
+
+from adabalance_hf.integrations.transformers import adabalance_optimizer_kwargs
+
+RECIPE_BETA3, RECIPE_GAMMA = 0.99, 1e-4
+PAPER_BETA3, PAPER_GAMMA = 0.999, 1e-3
+
+
+def _parse(tmp_path, *extra):
+    import gpt2
+
+    return gpt2.parse(["--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", *extra])
+
+
+def _optimizer_settings(training_args) -> dict:
+    return adabalance_optimizer_kwargs(training_args)
+
+
+def test_no_flags_give_adabalancew_with_the_recipe_beta3_and_gamma(tmp_path):
+    _, _, training_args, applied = _parse(tmp_path)
+    assert training_args.optim == "adabalancew"
+    assert applied == {"beta3": RECIPE_BETA3, "gamma": RECIPE_GAMMA}
+    kwargs = _optimizer_settings(training_args)
+    assert kwargs["beta3"] == RECIPE_BETA3
+    assert kwargs["gamma"] == RECIPE_GAMMA
+    assert kwargs["decoupled_weight_decay"] is True
+
+
+def test_the_l2_variant_gets_the_recipe_beta3_and_gamma_too(tmp_path):
+    _, _, training_args, _ = _parse(tmp_path, "--optim", "adabalance")
+    kwargs = _optimizer_settings(training_args)
+    assert (kwargs["beta3"], kwargs["gamma"]) == (RECIPE_BETA3, RECIPE_GAMMA)
+    assert not kwargs.get("decoupled_weight_decay", False)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--optim_args", f"beta3={PAPER_BETA3}"),
+        ("--adabalance_beta3", str(PAPER_BETA3)),
+        ("--adabalance-beta3", str(PAPER_BETA3)),
+        (f"--adabalance_beta3={PAPER_BETA3}",),
+    ],
+    ids=["optim_args", "field", "dashed-field", "field-equals"],
+)
+def test_an_explicit_beta3_wins_even_when_it_equals_the_optimizer_default(tmp_path, flags):
+    # 0.999 is AdaBalance's own default: only the command line can tell "given" from "left open".
+    _, _, training_args, applied = _parse(tmp_path, *flags)
+    assert applied == {"gamma": RECIPE_GAMMA}
+    kwargs = _optimizer_settings(training_args)
+    assert kwargs["beta3"] == PAPER_BETA3
+    assert kwargs["gamma"] == RECIPE_GAMMA
+
+
+def test_an_explicit_gamma_wins(tmp_path):
+    _, _, training_args, applied = _parse(tmp_path, "--optim_args", f"gamma={PAPER_GAMMA}")
+    assert applied == {"beta3": RECIPE_BETA3}
+    assert _optimizer_settings(training_args)["gamma"] == PAPER_GAMMA
+
+
+def test_adamw_gets_no_adabalance_defaults_and_no_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "adabalance_* fields will be ignored" warning
+        _, _, training_args, applied = _parse(tmp_path, "--optim", "adamw_torch")
+    assert applied == {}
+    assert training_args.optim == "adamw_torch"
+
+
+def test_json_config_gets_the_same_defaults_and_overrides(tmp_path):
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "use_cpu": True}))
+    import gpt2
+
+    _, _, training_args, applied = gpt2.parse([str(config)])
+    assert training_args.optim == "adabalancew"
+    assert applied == {"beta3": RECIPE_BETA3, "gamma": RECIPE_GAMMA}
+
+    config.write_text(
+        json.dumps({"output_dir": str(tmp_path / "out"), "adabalance_beta3": PAPER_BETA3})
+    )
+    _, _, training_args, applied = gpt2.parse([str(config)])
+    assert _optimizer_settings(training_args)["beta3"] == PAPER_BETA3
+    assert applied == {"gamma": RECIPE_GAMMA}
+
+
+def test_a_run_without_optimizer_flags_trains_with_the_recipe_defaults(tmp_path):
+    import gpt2
+
+    text = write_text_files(tmp_path)
+    results = gpt2.main([
+        "--train_file", str(text / "train.txt"), "--validation_file", str(text / "valid.txt"),
+        "--config_overrides", "n_layer=1,n_embd=32,n_head=2,n_positions=64",
+        "--train_tokenizer", "--tokenizer_vocab_size", "300", "--block_size", "32",
+        "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "8",
+        "--max_steps", "3", "--weight_decay", "0.01", "--save_strategy", "no",
+        "--report_to", "none", "--seed", "0", "--use_cpu", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    optimizer = results["optimizer"]
+    assert optimizer["class"] == "AdaBalance"
+    assert optimizer["beta3"] == RECIPE_BETA3
+    assert optimizer["gamma"] == RECIPE_GAMMA
+    assert optimizer["decoupled_weight_decay"] is True
+    assert results["recipe_defaults_applied"] == {"beta3": RECIPE_BETA3, "gamma": RECIPE_GAMMA}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["training_arguments"]["optim"] == "adabalancew"
