@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _oracle import OracleAdaBalance, relative_error
 from _parity import run_parity
 from torch import nn
 
@@ -164,3 +165,34 @@ def test_stochastic_rounding_lets_small_updates_survive_without_master(path: dic
     # ...but each step (about lr) is below half a spacing, so round-to-nearest loses every one.
     assert distance_moved(torch.bfloat16, stochastic=False) == 0.0
     assert distance_moved(torch.bfloat16, stochastic=True) == pytest.approx(reference, rel=0.05)
+
+
+def _bf16_param_with_fp32_grads() -> torch.Tensor:
+    param = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)).bfloat16()
+    param.requires_grad_()
+    try:
+        param.grad_dtype = torch.float32  # torch >= 2.10: gradients may differ from the param
+    except (AttributeError, RuntimeError, TypeError):
+        pytest.skip("this torch has no Tensor.grad_dtype")
+    return param
+
+
+@pytest.mark.parametrize("path", list(PATHS.values()), ids=list(PATHS))
+def test_fp32_gradients_of_bf16_params_through_grad_dtype(path: dict) -> None:
+    # The fused kernel once failed to compile here: dynamo rejected the fp32 gradient of a bf16
+    # parameter whose grad_dtype said fp32, and the error blamed a missing C++ compiler.
+    param = _bf16_param_with_fp32_grads()
+    hyper = {"lr": 1e-2, "betas": (0.9, 0.999), "beta3": 0.99, "final_lr": 0.1, "gamma": 1e-3,
+             "eps": 1e-8, "weight_decay": 0.0}  # fmt: skip
+    optimizer = AdaBalance([param], **hyper, **path)
+    oracle = OracleAdaBalance()
+    oracle.add_group([param], hyper["lr"])
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        grad = torch.randn(6, 5, generator=generator) * 1e-3  # below bf16's resolution of p
+        param.grad = grad
+        oracle.step(0, [grad.double()], hyper)
+        optimizer.step()
+    master = optimizer.state[param]["master_param"]
+    assert relative_error(master, oracle.params(0)[0]) <= 1e-5
+    assert torch.equal(param.detach(), master.bfloat16())

@@ -117,10 +117,13 @@ def _run_kernel(variant: tuple, *args: object) -> None:
             _compiled_kernel(variant)(*args)
         _VARIANTS_RUN.add(variant)
     except Exception as error:
+        device, param_dtype, grad_dtype = variant[:3]
         raise RuntimeError(
-            "AdaBalance(fused=True) could not compile its kernel with torch.compile (a C++ "
-            "compiler is needed on CPU, Triton on CUDA). Use foreach=True, or fused=False. "
-            f"The compiler said: {type(error).__name__}: {error}"
+            f"AdaBalance(fused=True) could not compile or run its torch.compile kernel for "
+            f"{param_dtype} parameters with {grad_dtype} gradients on {device} (it needs a C++ "
+            f"compiler on CPU, Triton on CUDA; the error below says whether that is the "
+            f"cause). Use foreach=True, or fused=False. torch.compile said: "
+            f"{type(error).__name__}: {error}"
         ) from error
 
 
@@ -187,7 +190,7 @@ def _fused_adabalance(
         variant = (param.device.type, param.dtype, grad.dtype, dtype, amsbound, write_mode)
         _run_kernel(
             variant,
-            _local(param).view(-1),
+            _local(param).detach().view(-1),
             _local(grad).view(-1),
             _local(exp_avgs[i]).view(-1),
             _local(exp_avg_sqs[i]).view(-1),
