@@ -1,7 +1,10 @@
 """Fused AdaBalance step: one ``torch.compile``-generated kernel per tensor.
 
 The kernel reads p, g, m, v, s (and the fp32 master copy) once and writes them once, with no
-temporary, so a step runs near the memory-bandwidth limit. Compile time is bounded: tensors are
+temporary, so a step runs near the memory-bandwidth limit. Small tensors (biases, norm weights)
+are concatenated and stepped by one call, because a compiled call's fixed cost (tens of
+microseconds) exceeds their work; these copies are the only temporaries, bounded like the
+foreach path's (10% of the elements, or the largest tensor). Compile time is bounded: tensors are
 passed flattened to 1-D with dynamic sizes, so one compiled graph serves every shape of a given
 dtype and variant (amsbound, master weights, rounding), and every hyper-parameter enters as an
 element of one small tensor, so a learning-rate schedule never recompiles.
@@ -17,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._multi_tensor import transient_budget
 from ._precision import compute_dtype, stochastic_round_to_bf16
 from ._step_scalars import step_scalars
 
@@ -30,6 +34,12 @@ _BETA3, _EPS, _L2, _DECAY, _GRAD_SIGN = range(7, 12)
 # How the kernel's fp32 result reaches the parameter.
 # (_WRITE_PARAM: copied into the parameter, rounded to nearest if its dtype is lower.)
 _WRITE_PARAM, _WRITE_MASTER, _WRITE_STOCHASTIC = range(3)
+# Positions of the kernel's tensor arguments it writes: param, exp_avg, exp_avg_sq, exp_avg_lr,
+# max_exp_avg_sq, master.
+_WRITTEN = (0, 2, 3, 4, 5, 6)
+# Tensors with fewer elements are stepped together (see _run_batched), in batches of at most
+# transient_budget() elements of temporaries.
+_BATCH_NUMEL = 1 << 16
 
 
 def _adabalance_kernel(
@@ -96,12 +106,6 @@ def fused_kernel_supports(tensors: list[Tensor]) -> bool:
     return all(t.is_contiguous() and t.numel() >= 2 for t in tensors)
 
 
-def _local(tensor: Tensor) -> Tensor:
-    # AdaBalance is elementwise, so a DTensor's local shard steps exactly like a plain tensor.
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if to_local is not None else tensor
-
-
 _VARIANTS_RUN: set[tuple] = set()
 
 
@@ -159,9 +163,16 @@ def _fused_adabalance(
         )
     l2 = weight_decay if not decoupled_weight_decay else 0.0
     decay = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    if not params:
+        return
+    torch._foreach_add_(state_steps, 1)
     hyper_cache: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
+    # Concatenated copies of p, g, m, v, s (and max_exp_avg_sq, master) are the temporaries:
+    # bounded like the foreach path's.
+    columns = 5 + amsbound + (master_params is not None)
+    batch_budget = transient_budget([p.numel() for p in params]) // columns
+    pending: dict[tuple, tuple[list[list[Tensor | None]], int]] = {}
     for i, param in enumerate(params):
-        state_steps[i] += 1
         step = state_steps[i].item()
         dtype = compute_dtype(param.dtype)
         key = (step, param.device, dtype)
@@ -181,22 +192,59 @@ def _fused_adabalance(
             hyper_cache[key] = torch.tensor(values, dtype=dtype, device=param.device)
 
         if master_params is not None:
-            write_mode, master = _WRITE_MASTER, _local(master_params[i]).view(-1)
+            write_mode, master = _WRITE_MASTER, _flat(master_params[i])
         else:
             bf16_rounding = stochastic_round and param.dtype == torch.bfloat16
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         grad = grads[i]
         variant = (param.device.type, param.dtype, grad.dtype, dtype, amsbound, write_mode)
-        _run_kernel(
-            variant,
-            _local(param).detach().view(-1),
-            _local(grad).view(-1),
-            _local(exp_avgs[i]).view(-1),
-            _local(exp_avg_sqs[i]).view(-1),
-            _local(exp_avg_lrs[i]).view(-1),
-            _local(max_exp_avg_sqs[i]).view(-1) if amsbound else None,
+        tensors = [
+            _flat(param.detach()),
+            _flat(grad),
+            _flat(exp_avgs[i]),
+            _flat(exp_avg_sqs[i]),
+            _flat(exp_avg_lrs[i]),
+            _flat(max_exp_avg_sqs[i]) if amsbound else None,
             master,
-            hyper_cache[key],
-            write_mode,
-        )
+        ]
+        numel = param.numel()
+        if numel >= _BATCH_NUMEL or numel > batch_budget:
+            _run_kernel(variant, *tensors, hyper_cache[key], write_mode)
+            continue
+        batch, batch_numel = pending.get((variant, key), ([], 0))
+        if batch_numel + numel > batch_budget:
+            _run_batched(variant, batch, hyper_cache[key])
+            batch, batch_numel = [], 0
+        batch.append(tensors)
+        pending[(variant, key)] = (batch, batch_numel + numel)
+    for (variant, key), (batch, _) in pending.items():
+        _run_batched(variant, batch, hyper_cache[key])
+
+
+def _flat(tensor: Tensor) -> Tensor:
+    if type(tensor) is not Tensor:
+        # AdaBalance is elementwise, so a DTensor's local shard steps like a plain tensor.
+        to_local = getattr(tensor, "to_local", None)
+        if to_local is not None:
+            tensor = to_local()
+    return tensor.view(-1)
+
+
+def _run_batched(variant: tuple, batch: list[list[Tensor | None]], hyper: Tensor) -> None:
+    """One kernel call for many small tensors: concatenate, step, copy the results back.
+
+    The per-call cost of a compiled kernel (tens of microseconds of guards and wrappers) is more
+    than the work on a bias or norm weight; the copies cost little at these sizes.
+    """
+    write_mode = variant[-1]
+    if len(batch) == 1:
+        _run_kernel(variant, *batch[0], hyper, write_mode)
+        return
+    columns = list(zip(*batch, strict=True))
+    flat = [None if column[0] is None else torch.cat(column) for column in columns]
+    _run_kernel(variant, *flat, hyper, write_mode)
+    sizes = [tensor.numel() for tensor in columns[0]]
+    for position in _WRITTEN:
+        if flat[position] is not None:
+            torch._foreach_copy_(list(columns[position]), list(flat[position].split(sizes)))
