@@ -11,6 +11,11 @@ are skipped, so a long benchmark can be stopped and continued (also across sessi
     # GPT-2 (small, from a config) on WikiText-2: trains on test.txt, evaluates on valid.txt
     python benchmarks/glue_quality.py --wikitext_dir ../shared/data/wikitext-2 --tasks
 
+    # two queues side by side (one thread each), then one table
+    OMP_NUM_THREADS=1 python benchmarks/glue_quality.py ... --tasks rte --name queue_a &
+    OMP_NUM_THREADS=1 python benchmarks/glue_quality.py ... --tasks mrpc --name queue_b
+    python benchmarks/glue_quality.py --merge queue_a queue_b
+
     # the sweep behind AdaBalance's fine-tuning defaults
     python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --sweep --tasks mrpc \
         --name adabalance_defaults_sweep
@@ -72,6 +77,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="NAME",
+        help="instead of running: add the runs of <results_dir>/NAME.json (queues run side by "
+        "side under other --name values) to --name's records, skipping runs it already has",
+    )
     args = p.parse_args()
     if args.tasks and not args.glue_dir:
         p.error("--glue_dir is required for GLUE tasks (e.g. ../shared/data/glue); "
@@ -89,6 +101,11 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         p.error(f"--tasks: unknown {sorted(unknown)}; choose from {', '.join(FOLDERS)}")
     return args
+
+
+def _run_key(record: dict) -> tuple:
+    return (record["task"], record["optimizer"], record["seed"],
+            json.dumps(record["options"], sort_keys=True))  # fmt: skip
 
 
 def _load(path: Path) -> list[dict]:
@@ -203,8 +220,20 @@ def main() -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{args.name}.json"
     records = _load(path)
-    done = {(r["task"], r["optimizer"], r["seed"], json.dumps(r["options"], sort_keys=True))
-            for r in records}  # fmt: skip
+    done = {_run_key(r) for r in records}
+    if args.merge:
+        for name in args.merge:
+            source = results_dir / f"{name}.json"
+            if not source.is_file():
+                raise SystemExit(f"--merge {name}: {source} does not exist")
+            for record in _load(source):
+                if _run_key(record) not in done:
+                    records.append(record)
+                    done.add(_run_key(record))
+        path.write_text(json.dumps(records, indent=2))
+        (results_dir / f"{args.name}.md").write_text(table(records))
+        print(table(records))
+        return
     plan = []
     for task, seed in itertools.product(args.tasks, args.seeds):
         if args.sweep:
