@@ -208,7 +208,7 @@ def _fused_adabalance(
             _flat(max_exp_avg_sqs[i]) if amsbound else None,
             master,
         ]
-        numel = param.numel()
+        numel = tensors[0].numel()  # a DTensor's local shard: what the temporaries hold
         if numel >= _BATCH_NUMEL or numel > batch_budget:
             _run_kernel(variant, *tensors, hyper_cache[key], write_mode)
             continue
