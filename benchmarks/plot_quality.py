@@ -28,6 +28,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")
+    p.add_argument(
+        "--all_settings",
+        action="store_true",
+        help="also plot the runs with non-default options (the sweeps); by default only the "
+        "runs at each optimizer's recipe defaults",
+    )
     return p.parse_args()
 
 
@@ -49,7 +55,8 @@ def curves_by_task(records: list[dict]) -> dict[str, dict[str, list[list[tuple[i
 
 def plot_task(task: str, curves: dict[str, list], metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours for up to 20 settings
+    # tab10's colours are the most distinct; tab20 (pairs of shades) for up to 20 settings
+    ax.set_prop_cycle(color=(plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20).colors)
     for label, runs in sorted(curves.items()):
         length = min(len(run) for run in runs)
         steps = np.array([step for step, _ in runs[0][:length]])
@@ -72,6 +79,8 @@ def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
     records = json.loads((results_dir / f"{args.name}.json").read_text())
+    if not args.all_settings:
+        records = [r for r in records if not r.get("options")]
     metrics = {r["task"]: r["metric"] for r in records}
     for task, curves in sorted(curves_by_task(records).items()):
         path = results_dir / f"{args.name}_{task}.png"
