@@ -188,17 +188,15 @@ def _step_chunk(
         torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
     torch._foreach_add_(buffers, eps)
 
-    # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom.
+    # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom: one lerp pass over s.
     torch._foreach_reciprocal_(buffers)
-    torch._foreach_mul_(buffers, [(1 - beta3) * s.step_size for s in scalars])
-    torch._foreach_mul_(exp_avg_lrs, beta3)
-    torch._foreach_add_(exp_avg_lrs, buffers)
+    torch._foreach_mul_(buffers, [s.step_size for s in scalars])
+    torch._foreach_lerp_(exp_avg_lrs, buffers, 1 - beta3)
 
     del buffers
     buffers = torch._foreach_clamp_min(exp_avg_lrs, [s.lower for s in scalars])
     torch._foreach_clamp_max_(buffers, [s.upper for s in scalars])
-    torch._foreach_mul_(buffers, exp_avgs)
-    torch._foreach_sub_(targets, buffers)
+    torch._foreach_addcmul_(targets, buffers, exp_avgs, value=-1)
 
     if low_precision:
         for param, target in zip(params, targets, strict=True):

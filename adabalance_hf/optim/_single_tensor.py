@@ -101,12 +101,12 @@ def _single_tensor_adabalance(
             torch.sqrt(exp_avg_sq, out=buffer).div_(scalars.bias_correction2_sqrt)
         buffer.add_(eps)
 
-        # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom, accumulated in place.
-        buffer.reciprocal_().mul_((1 - beta3) * scalars.step_size)
-        exp_avg_lr.mul_(beta3).add_(buffer)
+        # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom: one lerp pass over s.
+        buffer.reciprocal_().mul_(scalars.step_size)
+        exp_avg_lr.lerp_(buffer, 1 - beta3)
 
         torch.clamp(exp_avg_lr, scalars.lower, scalars.upper, out=buffer)
-        target.sub_(buffer.mul_(exp_avg))
+        target.addcmul_(buffer, exp_avg, value=-1)
 
         if low_precision:
             write_back(param, target, stochastic_round)
