@@ -250,7 +250,8 @@ def main() -> None:
             plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,
                       {"optim_args": v} if v else {}) for v in variants]  # fmt: skip
     for task, optimizer, seed, options in plan:
-        if (task, optimizer, seed, json.dumps(options, sort_keys=True)) in done:
+        run = {"task": task, "optimizer": optimizer, "seed": seed, "options": options}
+        if _run_key(run) in done:
             continue
         print(f"{time.strftime('%H:%M:%S')} {task} {optimizer} seed {seed} {options}", flush=True)
         if task == "gpt2-wikitext2":
