@@ -32,15 +32,11 @@ def _parse(tmp_path, *extra):
     return gpt2.parse(["--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", *extra])
 
 
-def _optimizer_settings(training_args) -> dict:
-    return adabalance_optimizer_kwargs(training_args)
-
-
 def test_no_flags_give_adabalancew_with_the_recipe_beta3_and_gamma(tmp_path):
     _, _, training_args, applied = _parse(tmp_path)
     assert training_args.optim == "adabalancew"
     assert applied == {"beta3": RECIPE_BETA3, "gamma": RECIPE_GAMMA}
-    kwargs = _optimizer_settings(training_args)
+    kwargs = adabalance_optimizer_kwargs(training_args)
     assert kwargs["beta3"] == RECIPE_BETA3
     assert kwargs["gamma"] == RECIPE_GAMMA
     assert kwargs["decoupled_weight_decay"] is True
@@ -48,7 +44,7 @@ def test_no_flags_give_adabalancew_with_the_recipe_beta3_and_gamma(tmp_path):
 
 def test_the_l2_variant_gets_the_recipe_beta3_and_gamma_too(tmp_path):
     _, _, training_args, _ = _parse(tmp_path, "--optim", "adabalance")
-    kwargs = _optimizer_settings(training_args)
+    kwargs = adabalance_optimizer_kwargs(training_args)
     assert (kwargs["beta3"], kwargs["gamma"]) == (RECIPE_BETA3, RECIPE_GAMMA)
     assert not kwargs.get("decoupled_weight_decay", False)
 
@@ -67,7 +63,7 @@ def test_an_explicit_beta3_wins_even_when_it_equals_the_optimizer_default(tmp_pa
     # 0.999 is AdaBalance's own default: only the command line can tell "given" from "left open".
     _, _, training_args, applied = _parse(tmp_path, *flags)
     assert applied == {"gamma": RECIPE_GAMMA}
-    kwargs = _optimizer_settings(training_args)
+    kwargs = adabalance_optimizer_kwargs(training_args)
     assert kwargs["beta3"] == PAPER_BETA3
     assert kwargs["gamma"] == RECIPE_GAMMA
 
@@ -75,7 +71,7 @@ def test_an_explicit_beta3_wins_even_when_it_equals_the_optimizer_default(tmp_pa
 def test_an_explicit_gamma_wins(tmp_path):
     _, _, training_args, applied = _parse(tmp_path, "--optim_args", f"gamma={PAPER_GAMMA}")
     assert applied == {"beta3": RECIPE_BETA3}
-    assert _optimizer_settings(training_args)["gamma"] == PAPER_GAMMA
+    assert adabalance_optimizer_kwargs(training_args)["gamma"] == PAPER_GAMMA
 
 
 def test_adamw_gets_no_adabalance_defaults_and_no_warning(tmp_path):
@@ -99,7 +95,7 @@ def test_json_config_gets_the_same_defaults_and_overrides(tmp_path):
         json.dumps({"output_dir": str(tmp_path / "out"), "adabalance_beta3": PAPER_BETA3})
     )
     _, _, training_args, applied = gpt2.parse([str(config)])
-    assert _optimizer_settings(training_args)["beta3"] == PAPER_BETA3
+    assert adabalance_optimizer_kwargs(training_args)["beta3"] == PAPER_BETA3
     assert applied == {"gamma": RECIPE_GAMMA}
 
 
