@@ -169,8 +169,8 @@ def _fused_adabalance(
     hyper_cache: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
     # Concatenated copies of p, g, m, v, s (and max_exp_avg_sq, master) are the temporaries:
     # bounded like the foreach path's.
-    columns = 5 + amsbound + (master_params is not None)
-    batch_budget = transient_budget([p.numel() for p in params]) // columns
+    copies_per_element = 5 + amsbound + (master_params is not None)
+    batch_budget = transient_budget([p.numel() for p in params]) // copies_per_element
     pending: dict[tuple, tuple[list[list[Tensor | None]], int]] = {}
     for i, param in enumerate(params):
         step = state_steps[i].item()
