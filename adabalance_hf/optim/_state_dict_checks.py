@@ -1,7 +1,8 @@
 """Checks that turn a mismatched optimizer state dict into a clear error before anything loads.
 
-``AdaBalance.load_state_dict`` runs :func:`check_state_dict` first, so a state dict that fails
-leaves the optimizer exactly as it was. What is accepted, and why:
+``AdaBalance.load_state_dict`` loads through :func:`load_between_hooks`: the checks run after the
+user's ``load_state_dict`` pre-hooks and before anything loads, so a state dict that fails leaves
+the optimizer exactly as it was. What is accepted, and why:
 
 * state tensors of another floating dtype or on another device are cast to what the optimizer
   needs (torch casts to the parameter's dtype and device; AdaBalance keeps fp32 state for
@@ -16,15 +17,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
+from ._precision import full_precision_state
 from ._validation import validate_hyperparameters
 
-__all__ = ["REQUIRED_GROUP_KEYS", "REQUIRED_STATE_KEYS", "cast_loaded_steps", "check_state_dict"]
+__all__ = [
+    "REQUIRED_GROUP_KEYS",
+    "REQUIRED_STATE_KEYS",
+    "StateDictMismatchError",
+    "cast_loaded_steps",
+    "check_state_dict",
+    "load_between_hooks",
+]
 
 REQUIRED_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "exp_avg_lr")
 REQUIRED_GROUP_KEYS = ("lr", "betas", "beta3", "final_lr", "gamma", "eps", "weight_decay")
@@ -41,12 +50,79 @@ _CORRUPT = (
 )
 
 
+class StateDictMismatchError(ValueError):
+    """The state dict given to ``AdaBalance.load_state_dict`` was not saved by AdaBalance.
+
+    Raised when a param group or a parameter's state lacks AdaBalance's keys: typically the
+    state dict of ``torch.optim.Adam``, ``AdamW`` or ``SGD`` (a run resumed after switching
+    optimizers). A subclass of ``ValueError``, so code that catches that still works; other
+    problems (another model, a damaged or diverged checkpoint) raise a plain ``ValueError``.
+    """
+
+
+def load_between_hooks(
+    optimizer: Optimizer,
+    state_dict: Any,
+    load: Callable[[Any], None],
+    kept_group_keys: Sequence[str] = (),
+) -> None:
+    """Call ``load(state_dict)``, torch's ``Optimizer.load_state_dict``, with AdaBalance's checks.
+
+    Torch's ``load_state_dict`` runs the registered pre-hooks first (each may return the state
+    dict to load instead), then loads, casting state to each parameter's dtype, then runs the
+    post-hooks. For this call only, a pre-hook registered last checks the state dict the user's
+    pre-hooks produced (:func:`check_state_dict`) and copies the fp32 state of bf16/fp16
+    parameters; a post-hook registered first puts that state back, casts the steps
+    (:func:`cast_loaded_steps`) and restores the loading optimizer's ``kept_group_keys``. So the
+    user's pre-hooks run before any check, and the user's post-hooks see the final state.
+
+    This relies only on the public ``register_load_state_dict_pre_hook`` /
+    ``register_load_state_dict_post_hook`` (``prepend=True``) and their documented order, no
+    private attribute (checked against torch 2.13's ``Optimizer.load_state_dict``).
+
+    Args:
+        optimizer (Optimizer): the optimizer that loads.
+        state_dict (Any): the state dict passed to ``load_state_dict``.
+        load (Callable): ``Optimizer.load_state_dict`` bound to ``optimizer``.
+        kept_group_keys (sequence of str, optional): group options the loading optimizer keeps.
+            Default: ``()``
+    """
+    if not isinstance(state_dict, Mapping):
+        check_state_dict(optimizer.param_groups, state_dict)  # raises: not a state dict at all
+    kept = [{key: group[key] for key in kept_group_keys} for group in optimizer.param_groups]
+    fp32_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def check(_: Optimizer, final: dict[str, Any]) -> None:
+        check_state_dict(optimizer.param_groups, final, optimizer.defaults)
+        # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
+        fp32_state.update(full_precision_state(optimizer.param_groups, final))
+
+    def fix_up(_: Optimizer) -> None:
+        for param, entries in fp32_state.items():
+            optimizer.state[param].update(entries)
+        cast_loaded_steps(optimizer.param_groups, optimizer.state)
+        for group, values in zip(optimizer.param_groups, kept, strict=True):
+            group.update(values)
+
+    # Public API only (no torch private attribute): torch 2.13 runs pre-hooks in registration
+    # order, ours last, and post-hooks after loading, ours first (prepend=True).
+    pre_hook = optimizer.register_load_state_dict_pre_hook(check)
+    post_hook = optimizer.register_load_state_dict_post_hook(fix_up, prepend=True)
+    try:
+        load(state_dict)
+    finally:
+        pre_hook.remove()
+        post_hook.remove()
+
+
 def check_state_dict(
     param_groups: list[dict[str, Any]],
     state_dict: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise a ``ValueError`` if ``state_dict`` cannot be an AdaBalance state for these groups.
+
+    A :class:`StateDictMismatchError` if it lacks AdaBalance's group or state keys.
 
     Args:
         param_groups (list of dict): the param groups of the optimizer that loads.
@@ -148,7 +224,7 @@ def _check_groups(
         missing = [key for key in REQUIRED_GROUP_KEYS if key not in saved]
         if missing:
             present = sorted(key for key in saved if key != "params")
-            raise ValueError(
+            raise StateDictMismatchError(
                 f"{_PREFIX}: param group {group_index} of the state dict lacks {missing} and "
                 f"has {present}: {_NOT_OURS}"
             )
@@ -171,7 +247,7 @@ def _check_param_state(param_state: Any, param: torch.Tensor, where: str) -> Non
         )
     missing = [key for key in REQUIRED_STATE_KEYS if key not in param_state]
     if missing:
-        raise ValueError(
+        raise StateDictMismatchError(
             f"{_PREFIX}: the state of {where} lacks {missing} and has {sorted(param_state)}: "
             f"{_NOT_OURS}"
         )

@@ -23,8 +23,8 @@ from ._nonfinite import (
     skip_nonfinite_step,
 )
 from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
-from ._precision import LOW_PRECISION_DTYPES, full_precision_state
-from ._state_dict_checks import cast_loaded_steps, check_state_dict
+from ._precision import LOW_PRECISION_DTYPES
+from ._state_dict_checks import load_between_hooks
 from ._validation import validate_before_step, validate_hyperparameters, validate_param_group
 from .functional import _select, adabalance
 
@@ -258,25 +258,22 @@ class AdaBalance(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         r"""Load the optimizer state, after checking that it is an AdaBalance state that fits.
 
+        Hooks registered with :meth:`register_load_state_dict_pre_hook` run first, as in torch,
+        and the checks apply to the state dict they return; hooks registered with
+        :meth:`register_load_state_dict_post_hook` see the final state (fp32 state and master
+        copies of bf16/fp16 parameters, steps cast). State of another dtype or device is cast.
+
         Args:
             state_dict (dict): optimizer state, as returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: if the state dict has other groups or sizes, lacks AdaBalance's group or
-                state keys (a state dict of another optimizer), holds an invalid hyper-parameter,
-                a bad ``step``, tensors of other shapes, on the meta device or holding NaN. The
-                optimizer is unchanged then. State of another dtype or device is cast.
+            StateDictMismatchError: if a group or a parameter's state lacks AdaBalance's keys (a
+                state dict of another optimizer); a subclass of ``ValueError``.
+            ValueError: if the state dict has other groups or sizes, holds an invalid
+                hyper-parameter, a bad ``step``, tensors of other shapes, on the meta device or
+                holding NaN. After either error the optimizer is unchanged.
         """
-        check_state_dict(self.param_groups, state_dict, self.defaults)
-        skip_options = [group[OPTION] for group in self.param_groups]
-        # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
-        fp32_state = full_precision_state(self.param_groups, state_dict)
-        super().load_state_dict(state_dict)
-        for param, entries in fp32_state.items():
-            self.state[param].update(entries)
-        cast_loaded_steps(self.param_groups, self.state)
-        for group, skip in zip(self.param_groups, skip_options, strict=True):
-            group[OPTION] = skip
+        load_between_hooks(self, state_dict, super().load_state_dict, kept_group_keys=(OPTION,))
 
     def _init_group(self, group: dict[str, Any], tensors: dict[str, list[Tensor]]) -> bool:
         """Create missing state and gather the group's tensors that have a gradient.
