@@ -9,9 +9,12 @@ __all__ = ["AdaBalance", "__version__", "adabalance"]
 # The transformers integration, imported on first use so that `import adabalance_hf` does not
 # import transformers.
 _TRANSFORMERS_NAMES = {
+    "AdaBalanceArgumentsMixin",
     "AdaBalanceDiagnosticsCallback",
     "AdaBalanceTrainer",
+    "AdaBalanceTrainerMixin",
     "AdaBalanceTrainingArguments",
+    "AtomicCheckpointsMixin",
     "adabalance_optimizer_kwargs",
     "trainer_param_groups",
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import pytest
 import torch
@@ -45,7 +44,7 @@ def _cli(tmp_path, *extra: str) -> list[str]:
         (["--adam_beta1", "1.0"], ["optim='adabalance'", "Invalid betas[0]: 1.0", "[0.0, 1.0)"]),
         (["--learning_rate", "-1"], ["Invalid lr: -1.0"]),
         (["--adam_epsilon", "nan"], ["Invalid eps: nan"]),
-        (["--adabalance_final_lr", "inf"], ["Invalid final_lr: inf"]),
+        (["--optim_args", "final_lr=inf"], ["final_lr='inf' is not a finite float"]),
     ],
     ids=["unknown_key", "final_lr_abc", "betas", "semicolons", "fused_foreach", "beta1", "lr",
          "eps_nan", "final_lr_inf"],
@@ -60,11 +59,10 @@ def test_command_line_bad_value_is_an_error_naming_it(parser, tmp_path, extra, w
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--adabalance_gamma", "abc"], ["--adabalance_gamma", "invalid float value: 'abc'"]),
-        (["--adabalance_amsbound", "maybe"], ["--adabalance_amsbound", "got maybe", "true/false"]),
         (["--optim", "adabalanse"], ["'adabalanse'", "'adabalance'"]),
+        (["--optim", "AdaBalance"], ["'AdaBalance'", "'adabalance'"]),
     ],
-    ids=["gamma_abc", "amsbound_maybe", "unknown_optim"],
+    ids=["unknown_optim", "capitalised_optim"],
 )
 def test_command_line_type_errors_are_usage_errors(parser, tmp_path, capsys, extra, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -95,11 +93,11 @@ def test_yaml_config_with_1e_3_names_the_yaml_fix(parser, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("entry", "words"),
     [
-        ({"adabalance_gamma": "1e-3"}, ["Invalid gamma: '1e-3' is a str", "gamma=0.001"]),
+        ({"optim_args": "gamma=1e-3x"}, ["gamma='1e-3x' is not a finite float"]),
         ({"optim_args": {"final_lr": 0.05}}, ["must be a string", "optim_args='final_lr=0.05'"]),
         ({"optim_args": "final_lr=0.05,gama=1e-3"}, ["unknown key 'gama'", "gamma"]),
         ({"optim": "adabalance_amsgrad"}, ["'adabalance_amsgrad'", "adabalance_amsbound"]),
-        ({"adabalance_final_lrr": 0.05}, ["adabalance_final_lrr"]),  # transformers' own check
+        ({"adabalance_gamma": 0.05}, ["adabalance_gamma"]),  # transformers' own check
     ],
     ids=["gamma_str", "optim_args_dict", "optim_args_typo", "unknown_optim", "unknown_field"],
 )
@@ -129,17 +127,3 @@ def test_optim_args_changed_after_construction_fail_when_the_optimizer_is_built(
     cls, kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(args)
     with pytest.raises(ValueError, match=re.escape("Invalid final_lr: -1.0")):
         cls([torch.zeros(1, requires_grad=True)], **kwargs)
-
-
-def test_adabalance_fields_with_another_optimizer_warn_that_they_are_ignored(tmp_path) -> None:
-    with pytest.warns(UserWarning, match="adabalance_gamma, adabalance_amsbound will be ignored"):
-        make_args(
-            tmp_path,
-            AdaBalanceTrainingArguments,
-            optim="adamw_torch",
-            adabalance_gamma=1e-4,
-            adabalance_amsbound=True,
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        make_args(tmp_path, AdaBalanceTrainingArguments, optim="adamw_torch")

@@ -16,6 +16,8 @@ from transformers.training_args import OptimizerNames
 
 from adabalance_hf import AdaBalance
 from adabalance_hf.integrations.transformers import (
+    FINE_TUNING_DEFAULTS,
+    PAPER_OPTIM_ARGS,
     AdaBalanceTrainer,
     AdaBalanceTrainingArguments,
     adabalance_optimizer_kwargs,
@@ -117,43 +119,72 @@ def test_name_and_usual_fields_and_optim_args_reach_the_optimizer(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("optim", "fields", "expected"),
+    ("optim", "optim_args", "expected"),
     [
-        ("adabalance", {}, {"amsbound": False, "decoupled_weight_decay": False}),
-        ("adabalance_amsbound", {}, {"amsbound": True}),
-        ("adabalancew", {}, {"decoupled_weight_decay": True, "amsbound": False}),
-        ("adabalancew_amsbound", {}, {"decoupled_weight_decay": True, "amsbound": True}),
-        ("adabalance", {"adabalance_amsbound": True}, {"amsbound": True}),
+        ("adabalance", None, {"amsbound": False, "decoupled_weight_decay": False}),
+        ("adabalance_amsbound", None, {"amsbound": True}),
+        ("adabalancew", None, {"decoupled_weight_decay": True, "amsbound": False}),
+        ("adabalancew_amsbound", None, {"decoupled_weight_decay": True, "amsbound": True}),
+        ("adabalance", "amsbound=true", {"amsbound": True}),
+        ("adabalance_amsbound", "amsbound=true", {"amsbound": True}),
         (
             "adabalance",
-            {"adabalance_final_lr": 0.02, "adabalance_gamma": 0.0, "adabalance_beta3": 0.9},
-            {"final_lr": 0.02, "gamma": 0.0, "beta3": 0.9},
+            "final_lr=0.02,gamma=0,beta3=0.95",
+            {"final_lr": 0.02, "gamma": 0.0, "beta3": 0.95},
         ),
-        ("adabalance_amsbound", {"adabalance_amsbound": True}, {"amsbound": True}),
     ],
 )
-def test_variants_and_typed_fields(tmp_path, optim, fields, expected):
-    kwargs = adabalance_optimizer_kwargs(ab_args(tmp_path, optim=optim, **fields))
+def test_variants_and_optim_args(tmp_path, optim, optim_args, expected):
+    kwargs = adabalance_optimizer_kwargs(ab_args(tmp_path, optim=optim, optim_args=optim_args))
     for key, value in expected.items():
         assert kwargs.get(key, inspect.signature(AdaBalance).parameters[key].default) == value
+
+
+def test_every_name_without_optim_args_gets_the_fine_tuning_defaults(tmp_path):
+    # Not the AdaBalance class's (the paper's) defaults: those do not learn a short fine-tune.
+    assert FINE_TUNING_DEFAULTS == {"final_lr": 0.1, "gamma": 1e-4, "beta3": 0.9}
+    paper = {
+        key: inspect.signature(AdaBalance).parameters[key].default for key in ("gamma", "beta3")
+    }
+    assert paper == {"gamma": 1e-3, "beta3": 0.999}
+    for name in adabalance_optimizer_names():
+        kwargs = adabalance_optimizer_kwargs(ab_args(tmp_path, optim=name))
+        assert {key: kwargs[key] for key in FINE_TUNING_DEFAULTS} == FINE_TUNING_DEFAULTS, name
+        _, trainer_kwargs = AdaBalanceTrainer.get_optimizer_cls_and_kwargs(
+            ab_args(tmp_path, optim=name)
+        )
+        assert trainer_kwargs == kwargs
+
+
+def test_paper_optim_args_give_the_class_defaults(tmp_path):
+    kwargs = adabalance_optimizer_kwargs(
+        ab_args(tmp_path, optim="adabalance", optim_args=PAPER_OPTIM_ARGS)
+    )
+    for key in ("final_lr", "gamma", "beta3"):
+        assert kwargs[key] == inspect.signature(AdaBalance).parameters[key].default
 
 
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"optim": "adabalance_amsbound", "adabalance_amsbound": False}, ["amsbound", "optim="]),
-        (
-            {"adabalance_final_lr": 0.05, "optim_args": "final_lr=0.07"},
-            ["final_lr", "0.05", "0.07", "optim_args"],
-        ),
+        ({"optim": "adabalance_amsbound", "optim_args": "amsbound=false"}, ["amsbound", "optim="]),
         ({"optim": "adabalancew", "optim_args": "decoupled_weight_decay=false"}, ["decoupled"]),
     ],
 )
-def test_conflicting_settings_are_an_error(tmp_path, overrides, words):
-    with pytest.raises(ValueError, match="set it in one place only") as error:
-        ab_args(tmp_path, **{"optim": "adabalance", **overrides})
+def test_optim_args_contradicting_the_name_is_an_error(tmp_path, overrides, words):
+    with pytest.raises(ValueError, match="optim_args sets") as error:
+        ab_args(tmp_path, **overrides)
     for word in words:
         assert word in str(error.value)
+
+
+def test_options_have_one_place_optim_args(tmp_path):
+    # transformers' convention: optim + optim_args; no second set of --adabalance_* fields.
+    names = {field.name for field in dataclasses.fields(AdaBalanceTrainingArguments)}
+    stock = {field.name for field in dataclasses.fields(TrainingArguments)}
+    assert names == stock
+    with pytest.raises(TypeError, match="adabalance_final_lr"):
+        AdaBalanceTrainingArguments(output_dir=str(tmp_path), adabalance_final_lr=0.1)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +212,7 @@ def test_out_of_range_value_fails_at_construction(tmp_path):
         ab_args(tmp_path, optim="adabalance", optim_args="final_lr=-1")
     assert "optim='adabalance'" in str(error.value)
     with pytest.raises(ValueError, match="gamma"):
-        ab_args(tmp_path, optim="adabalance", adabalance_gamma=1.5)
+        ab_args(tmp_path, optim="adabalance", optim_args="gamma=-1.5")
 
 
 def test_parse_optim_args_types():
@@ -193,13 +224,17 @@ def test_parse_optim_args_types():
 def test_kwargs_helper_with_stock_arguments(tmp_path):
     args = make_args(tmp_path, learning_rate=3e-3, adam_beta1=0.8, weight_decay=0.1)
     kwargs = adabalance_optimizer_kwargs(args, final_lr=0.05)
+    # The Trainer integration's fine-tuning defaults, then the overrides.
     assert kwargs == {
         "lr": 3e-3,
         "betas": (0.8, 0.999),
         "eps": 1e-8,
         "weight_decay": 0.1,
+        **FINE_TUNING_DEFAULTS,
         "final_lr": 0.05,
     }
+    # Stock arguments' optim_args belong to their optim: not read.
+    assert adabalance_optimizer_kwargs(make_args(tmp_path, optim_args="beta3=0.5"))["beta3"] == 0.9
     with pytest.raises(ValueError, match="finall_lr") as error:
         adabalance_optimizer_kwargs(args, finall_lr=0.05)
     assert "final_lr" in str(error.value) and "gamma" in str(error.value)
@@ -225,9 +260,8 @@ def test_to_dict_and_json_round_trip(tmp_path, optim):
     args = ab_args(
         tmp_path, optim=optim, optim_args="final_lr=0.05" if optim != "adamw_torch" else None
     )
-    args.adabalance_beta3 = 0.99
     as_dict = args.to_dict()
-    assert as_dict["optim"] == optim and as_dict["adabalance_beta3"] == 0.99
+    assert as_dict["optim"] == optim
     rebuilt = AdaBalanceTrainingArguments(**json.loads(args.to_json_string()))
     assert rebuilt.to_dict() == as_dict
     assert adabalance_optimizer_kwargs(rebuilt) == adabalance_optimizer_kwargs(args)
@@ -249,11 +283,8 @@ def test_command_line(tmp_path):
             "adabalance_amsbound",
             "--learning_rate",
             "2e-3",
-            "--adabalance_final_lr",
-            "0.05",
-            "--adabalance_decoupled_weight_decay",
             "--optim_args",
-            "gamma=2e-3,beta3=0.99",
+            "final_lr=0.05,decoupled_weight_decay=true,gamma=2e-3,beta3=0.99",
         ]
     )
     assert args.optim == "adabalance_amsbound"
@@ -274,8 +305,13 @@ def test_command_line_unknown_name_and_help(tmp_path, capsys):
     help_text = parser.format_help()
     for name in (*adabalance_optimizer_names(), "adamw_torch", "adamw_torch_fused"):
         assert name in help_text
+    assert "--optim_args" in help_text
     for flag in ("--adabalance_final_lr", "--adabalance_gamma", "--adabalance_amsbound"):
-        assert flag in help_text
+        assert flag not in help_text
+    with pytest.raises(ValueError, match="adabalance_gamma"):
+        parser.parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--optim", "adabalance", "--adabalance_gamma", "0"]
+        )
 
 
 def test_importing_the_package_does_not_import_transformers():

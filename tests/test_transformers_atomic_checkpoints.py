@@ -1,4 +1,4 @@
-"""AdaBalanceTrainer's atomic checkpoints, in process: manifests, best model, rotation, ENOSPC."""
+"""AtomicCheckpointsMixin, in process: manifests, best model, rotation, ENOSPC, any Trainer."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 import torch
 from _hf_helpers import inner_optimizer, lm_data, make_args, tiny_gpt2
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from adabalance_hf.checkpoint import MANIFEST_NAME, CheckpointError, verify_checkpoint
 from adabalance_hf.integrations.transformers import (
     AdaBalanceTrainer,
     AdaBalanceTrainingArguments,
+    AtomicCheckpointsMixin,
 )
 from adabalance_hf.integrations.transformers.checkpointing import (
     resolve_resume_checkpoint,
@@ -27,7 +28,15 @@ from adabalance_hf.integrations.transformers.checkpointing import (
 STEPS = 6
 
 
-def build(output_dir: Path, callbacks=(), **overrides) -> AdaBalanceTrainer:
+class AtomicAdaBalanceTrainer(AtomicCheckpointsMixin, AdaBalanceTrainer):
+    pass
+
+
+class PlainTrainerMixinLast(Trainer, AtomicCheckpointsMixin):
+    """No AdaBalance, and the mixin after Trainer (whose methods never call super())."""
+
+
+def build(output_dir: Path, callbacks=(), trainer_cls=AtomicAdaBalanceTrainer, **overrides):
     # tiny_gpt2 keeps GPT-2's dropout (0.1): resuming must restore the RNG state exactly.
     kwargs = dict(
         optim="adabalance",
@@ -38,8 +47,12 @@ def build(output_dir: Path, callbacks=(), **overrides) -> AdaBalanceTrainer:
         per_device_train_batch_size=4,
     )
     kwargs.update(overrides)
-    args = make_args(output_dir, AdaBalanceTrainingArguments, **kwargs)
-    return AdaBalanceTrainer(
+    if trainer_cls is PlainTrainerMixinLast:
+        kwargs["optim"] = "adamw_torch"
+        args = make_args(output_dir, **kwargs)
+    else:
+        args = make_args(output_dir, AdaBalanceTrainingArguments, **kwargs)
+    return trainer_cls(
         model=tiny_gpt2(),
         args=args,
         train_dataset=lm_data(n=12),  # 3 steps an epoch: the runs cross epoch boundaries
@@ -71,11 +84,11 @@ def assert_same_training_state(a: AdaBalanceTrainer, b: AdaBalanceTrainer) -> No
             assert torch.equal(value, state_b["state"][index][key]), (index, key)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+@pytest.fixture(scope="module", params=[AtomicAdaBalanceTrainer, PlainTrainerMixinLast])
+def reference(request, tmp_path_factory):
     """An uninterrupted run, started with resume_from_checkpoint='auto' in an empty folder."""
     out = tmp_path_factory.mktemp("reference")
-    trainer = build(out)
+    trainer = build(out, trainer_cls=request.param)
     trainer.train(resume_from_checkpoint="auto")
     return trainer, out
 
@@ -166,15 +179,16 @@ def test_enospc_mid_save_keeps_the_previous_checkpoint_and_auto_resumes(
                 raise OSError(errno.ENOSPC, "No space left on device", str(f))
         return real_save(obj, f, *args, **kwargs)
 
+    trainer_cls = type(reference[0])
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        build(tmp_path).train()
+        build(tmp_path, trainer_cls=trainer_cls).train()
     monkeypatch.setattr(torch, "save", real_save)
     assert ".checkpoint-4.incomplete" in str(calls[1])  # it was writing into staging
     assert checkpoints(tmp_path) == ["checkpoint-2"] and hidden(tmp_path) == []
     verify_checkpoint(tmp_path / "checkpoint-2")
 
-    resumed = build(tmp_path)
+    resumed = build(tmp_path, trainer_cls=trainer_cls)
     with caplog.at_level(logging.WARNING, logger="adabalance_hf"):
         resumed.train(resume_from_checkpoint="auto")
     assert f"resuming from {tmp_path / 'checkpoint-2'}" in caplog.text
@@ -187,7 +201,7 @@ def test_damaged_explicit_checkpoint_is_a_clear_error(reference, tmp_path):
     damaged = tmp_path / "checkpoint-6"
     (damaged / "optimizer.pt").write_bytes(b"truncated")
     with pytest.raises(CheckpointError) as error:
-        build(tmp_path).train(resume_from_checkpoint=str(damaged))
+        build(tmp_path, trainer_cls=type(reference[0])).train(resume_from_checkpoint=str(damaged))
     message = str(error.value)
     assert str(damaged) in message and "optimizer.pt has 9 bytes" in message
     assert f"Fix: resume from {tmp_path / 'checkpoint-4'}" in message and "'auto'" in message

@@ -161,7 +161,7 @@ def test_way3_optim_name_with_adabalance_trainer(tmp_path, model_name):
                 "--disable_tqdm", "true", "--max_steps", "6", "--learning_rate", "1e-2",
                 "--per_device_train_batch_size", "4", "--logging_steps", "2",
                 "--save_strategy", "no", "--weight_decay", "0.01",
-                "--optim", "adabalance_amsbound", "--adabalance_final_lr", "0.05",
+                "--optim", "adabalance_amsbound", "--optim_args", "final_lr=0.05",
             ]
         )  # fmt: skip
     before = snapshot(model)

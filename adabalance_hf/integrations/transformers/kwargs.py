@@ -9,6 +9,14 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ...optim import AdaBalance
+from .optim_args import parse_optim_args
+from .optim_names import (
+    FINE_TUNING_DEFAULTS,
+    adabalance_optimizer_names,
+    is_adabalance_name,
+    optimizer_name_value,
+    variant_kwargs,
+)
 
 __all__ = ["adabalance_optimizer_kwargs", "trainer_param_groups"]
 
@@ -22,11 +30,12 @@ def adabalance_optimizer_kwargs(args: TrainingArguments, **overrides: Any) -> di
     AdaBalance object for ``Trainer(optimizers=(optimizer, None))``.
 
     The result holds ``lr=args.learning_rate``, ``betas=(args.adam_beta1, args.adam_beta2)``,
-    ``eps=args.adam_epsilon`` and ``weight_decay=args.weight_decay``. For
-    :class:`AdaBalanceTrainingArguments` it also holds the AdaBalance options of the
-    ``adabalance_*`` fields and, when ``args.optim`` is an AdaBalance name, of that name and
-    of ``optim_args``. Stock ``TrainingArguments`` contribute no AdaBalance options: their
-    ``optim_args`` belong to their ``optim``; pass the options as ``overrides``.
+    ``eps=args.adam_epsilon``, ``weight_decay=args.weight_decay``, the fine-tuning defaults
+    :data:`FINE_TUNING_DEFAULTS` and, when ``args.optim`` is an AdaBalance name (arguments with
+    :class:`AdaBalanceArgumentsMixin`), that name's variant and the options of
+    ``args.optim_args``, each later source replacing what the earlier ones set. With another
+    ``optim`` (stock ``TrainingArguments``), ``optim_args`` belong to that optimizer and are
+    not read: pass AdaBalance's options as ``overrides``.
 
     Args:
         args (TrainingArguments): the training arguments.
@@ -35,19 +44,31 @@ def adabalance_optimizer_kwargs(args: TrainingArguments, **overrides: Any) -> di
 
     Raises:
         ValueError: if an override is not an AdaBalance keyword argument (the message lists
-            them), or the options of :class:`AdaBalanceTrainingArguments` conflict.
+            them), ``optim_args`` has an unknown key or a bad value, or ``optim_args`` contradicts
+            the name's variant (``optim="adabalancew"`` with ``decoupled_weight_decay=false``).
     """
-    from .training_args import AdaBalanceTrainingArguments
-
     kwargs: dict[str, Any] = {
         "lr": args.learning_rate,
         "betas": (args.adam_beta1, args.adam_beta2),
         "eps": args.adam_epsilon,
         "weight_decay": args.weight_decay,
+        **FINE_TUNING_DEFAULTS,
     }
-    if isinstance(args, AdaBalanceTrainingArguments):
-        kwargs.update(args.adabalance_options())
-    valid = [name for name in inspect.signature(AdaBalance).parameters if name != "params"]
+    name = optimizer_name_value(args.optim)
+    if is_adabalance_name(name):
+        variant = variant_kwargs(name)
+        options = parse_optim_args(args.optim_args)
+        for key, value in options.items():
+            if key in variant and variant[key] != value:
+                raise ValueError(
+                    f"optim_args sets {key}={value!r} but optim={name!r} means {key}="
+                    f"{variant[key]!r}; choose the optimizer name that has the variant you "
+                    f"want ({', '.join(adabalance_optimizer_names())}) and drop {key} from "
+                    f"optim_args"
+                )
+        kwargs.update(variant)
+        kwargs.update(options)
+    valid = [key for key in inspect.signature(AdaBalance).parameters if key != "params"]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(

@@ -3,6 +3,9 @@
 Each name maps to the AdaBalance keyword arguments that define its variant. A variant that needs
 a keyword the installed :class:`~adabalance_hf.AdaBalance` does not accept (e.g. ``fused`` before
 it exists) is left out, so registering a future variant is one line in ``_VARIANTS``.
+
+Every name also carries :data:`FINE_TUNING_DEFAULTS`: the options a name gets where ``optim_args``
+leaves them open. The :class:`~adabalance_hf.AdaBalance` class itself keeps the paper's defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from transformers.training_args import OptimizerNames, TrainingArguments
 from ...optim import AdaBalance
 
 __all__ = [
+    "FINE_TUNING_DEFAULTS",
+    "PAPER_OPTIM_ARGS",
     "adabalance_optimizer_names",
     "all_optimizer_names",
     "builtin_optimizer_names",
@@ -24,6 +29,15 @@ __all__ = [
     "optimizer_name_value",
     "variant_kwargs",
 ]
+
+#: AdaBalance's options under every optimizer name of the Trainer integration, where
+#: ``optim_args`` leaves them open. The paper's ``beta3=0.999`` smooths the step size over about
+#: 1,000 steps (after 100 steps it holds 10% of Adam's rate: a short fine-tune barely moves) and
+#: its ``gamma=1e-3`` closes the bounds in 10x faster; measured in
+#: benchmarks/results/adabalance_defaults_sweep.md and benchmarks/results/name_defaults.md.
+FINE_TUNING_DEFAULTS: dict[str, float] = {"final_lr": 0.1, "gamma": 1e-4, "beta3": 0.9}
+#: ``optim_args`` that give a name the paper's (and the ``AdaBalance`` class's) settings.
+PAPER_OPTIM_ARGS = "final_lr=0.1,gamma=1e-3,beta3=0.999"
 
 # name -> AdaBalance keyword arguments of that variant, in the order shown in --help.
 _VARIANTS: dict[str, dict[str, Any]] = {

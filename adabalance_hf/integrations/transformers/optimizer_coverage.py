@@ -1,0 +1,119 @@
+"""At train start: does the optimizer hold the parameters the model will train?
+
+An optimizer object built from a model before PEFT (``get_peft_model``, or TRL's
+``peft_config=``) wrapped it holds the base weights, which the adapter froze, and none of the
+adapter's new tensors: every step then updates nothing, and nothing says so. That is true of
+any optimizer object, so :class:`AdaBalanceTrainer` and :class:`AdaBalanceDiagnosticsCallback`
+check at train start that the optimizer holds the model's trainable parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+__all__ = ["TrainableParametersCheck", "check_optimizer_holds_trainable_parameters"]
+
+logger = logging.getLogger(__name__)
+
+_FIRST_NAMES = 5
+_FIX = (
+    "Build the optimizer after the model is wrapped (after get_peft_model, or from "
+    "trainer.model), or let the Trainer build it: pass optimizer_cls_and_kwargs=(AdaBalance, "
+    "adabalance_optimizer_kwargs(args)) instead of optimizers=(optimizer, None), or use an "
+    "AdaBalance optim name with AdaBalanceTrainer"
+)
+
+
+def _engine_owns_parameters(args: TrainingArguments | None) -> str | None:
+    """The engine whose optimizer holds flat shards instead of the model's parameters, if any."""
+    if args is None:
+        return None
+    if getattr(args, "deepspeed", None):
+        return "DeepSpeed"
+    if getattr(args, "fsdp", None):
+        return "FSDP"
+    return None
+
+
+def check_optimizer_holds_trainable_parameters(
+    model: nn.Module, optimizer: Any, args: TrainingArguments | None = None
+) -> None:
+    """Raise if the optimizer holds none of ``model``'s trainable parameters; warn if some.
+
+    Parameters are compared by identity. Under DeepSpeed or FSDP (``args.deepspeed``,
+    ``args.fsdp``) the optimizer holds the engine's flat shards, so nothing is checked.
+
+    Args:
+        model (nn.Module): the model being trained (``trainer.model``, a ``PeftModel`` with PEFT).
+        optimizer: the optimizer, or a wrapper with ``param_groups`` (accelerate's).
+        args (TrainingArguments, optional): the training arguments, to recognise the engines.
+            Default: ``None``
+
+    Raises:
+        ValueError: if the model has trainable parameters and the optimizer holds none of them.
+
+    Warns:
+        UserWarning: if the optimizer holds some of them; it names how many are missing and the
+        first few.
+    """
+    engine = _engine_owns_parameters(args)
+    if engine is not None or optimizer is None or model is None:
+        if engine is not None:
+            logger.info("%s owns the optimizer's parameters: their coverage is not checked", engine)
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return
+    missing = [name for name, p in trainable if id(p) not in held]
+    if len(missing) == len(trainable):
+        raise ValueError(
+            f"the optimizer ({type(optimizer).__name__}) holds none of the model's "
+            f"{len(trainable)} trainable parameters (first: {', '.join(missing[:_FIRST_NAMES])}), "
+            f"so training would change nothing. It was most likely built before the model was "
+            f"wrapped (PEFT's get_peft_model or a trainer's peft_config replace the trainable "
+            f"tensors). {_FIX}."
+        )
+    if missing:
+        warnings.warn(
+            f"the optimizer ({type(optimizer).__name__}) does not hold {len(missing)} of the "
+            f"model's {len(trainable)} trainable parameters; they will not be trained (first: "
+            f"{', '.join(missing[:_FIRST_NAMES])}). If they should be trained: {_FIX}. If not, "
+            f"set requires_grad=False on them.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+class TrainableParametersCheck(TrainerCallback):
+    """Run :func:`check_optimizer_holds_trainable_parameters` at train start.
+
+    :class:`AdaBalanceTrainer` installs it when its diagnostics callback (which runs the same
+    check) is off.
+    """
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        optimizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Check the optimizer against the model.
+
+        Args:
+            args (TrainingArguments): the training arguments.
+            state (TrainerState): the Trainer's state.
+            control (TrainerControl): the Trainer's control flags.
+            model (nn.Module, optional): the model being trained.
+            optimizer (torch.optim.Optimizer, optional): the Trainer's (wrapped) optimizer.
+            **kwargs: the other objects the Trainer passes to callbacks.
+        """
+        check_optimizer_holds_trainable_parameters(model, optimizer, args)
