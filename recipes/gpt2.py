@@ -3,10 +3,10 @@
 The command line is ``HfArgumentParser`` over the model/data arguments below and
 ``AdaBalanceTrainingArguments``, so every Trainer flag works, including ``--optim adabalance`` and
 ``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. The recipe's defaults differ from the
-Trainer's in one place: ``--optim`` defaults to ``adabalancew`` (AdaBalance with AdamW-style
-weight decay), and any AdaBalance name gets ``beta3=0.99, gamma=1e-4`` unless ``--optim_args`` or
-``--adabalance_beta3``/``--adabalance_gamma`` set them (why: ``_gpt2_defaults.py``). Pass
-``--optim adamw_torch`` for AdamW. Examples::
+Trainer's in two places (``DEFAULT_OPTIM``, ``DEFAULT_OPTIM_ARGS`` below): ``--optim`` defaults to
+``adabalancew`` (AdaBalance with AdamW-style weight decay), and an AdaBalance name gets
+``beta3=0.99`` unless ``--optim_args`` sets it. Pass ``--optim adamw_torch`` for AdamW.
+Examples::
 
     # pretrained gpt2 on WikiText-2 from the Hub, AdaBalance at the recipe's defaults
     python recipes/gpt2.py --model_name_or_path gpt2 --output_dir outputs/gpt2
@@ -20,7 +20,7 @@ weight decay), and any AdaBalance name gets ``beta3=0.99, gamma=1e-4`` unless ``
 Writes the model, the tokenizer, ``results.json`` (arguments, optimizer settings, validation
 perplexity, log history with the AdaBalance bound diagnostics, wall time) to ``--output_dir``.
 
-Checkpoints (``--save_steps``) are atomic and verified (``AdaBalanceTrainer``): a job killed at
+Checkpoints (``--save_steps``) are atomic and verified (``AtomicCheckpointsMixin``): a job killed at
 any moment loses at most the steps since the last checkpoint. Start every run of a job with
 ``--resume_from_checkpoint auto``: it resumes from the newest complete checkpoint in
 ``--output_dir``, skipping damaged ones, or starts from scratch when there is none, and ends
@@ -40,6 +40,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DataArguments", "ModelArguments", "main"]
+
+# The recipe's departures from the Trainer integration's fine-tuning defaults, measured on
+# WikiText-2 (benchmarks/results/glue_quality.md): the decoupled weight decay of AdamW, and a
+# smoothed step size over ~100 steps, which training from scratch wants (a fine-tune wants ~10).
+DEFAULT_OPTIM = "adabalancew"
+DEFAULT_OPTIM_ARGS = {"beta3": 0.99}
 
 
 @dataclass
@@ -178,30 +184,27 @@ def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments,
     """Parse the command line (or one JSON config file) and fill in the recipe's defaults.
 
     Returns the three argument dataclasses and the AdaBalance options set from the recipe's
-    defaults (see ``_gpt2_defaults``), for the log.
+    defaults (those ``--optim_args`` left open), for the log.
     """
-    from _gpt2_defaults import (
-        GPT2_DEFAULT_OPTIM,
-        apply_adabalance_defaults,
-        default_dests,
-        given_on_command_line,
-    )
     from transformers import HfArgumentParser
 
     from adabalance_hf import AdaBalanceTrainingArguments
+    from adabalance_hf.integrations.transformers import adabalance_optimizer_names, parse_optim_args
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, AdaBalanceTrainingArguments))
-    parser.set_defaults(optim=GPT2_DEFAULT_OPTIM)
+    parser.set_defaults(optim=DEFAULT_OPTIM)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        config = json.loads(Path(argv[0]).read_text())
-        config.setdefault("optim", GPT2_DEFAULT_OPTIM)
-        given = set(config)
+        config = {"optim": DEFAULT_OPTIM, **json.loads(Path(argv[0]).read_text())}
         model_args, data_args, training_args = parser.parse_dict(config)
     else:
-        given = given_on_command_line(parser, argv, default_dests())
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    applied = apply_adabalance_defaults(training_args, given)
+    applied: dict[str, float] = {}
+    if training_args.optim in adabalance_optimizer_names():
+        given = parse_optim_args(training_args.optim_args)
+        applied = {key: value for key, value in DEFAULT_OPTIM_ARGS.items() if key not in given}
+        pairs = [training_args.optim_args or "", *(f"{k}={v}" for k, v in applied.items())]
+        training_args.optim_args = ",".join(pair for pair in pairs if pair)
     return model_args, data_args, training_args, applied
 
 
@@ -211,10 +214,13 @@ def main(argv=None) -> dict:
     if recipe_defaults:
         settings = ", ".join(f"{key}={value:g}" for key, value in recipe_defaults.items())
         print(f"optim={training_args.optim} with the GPT-2 recipe's defaults {settings} "
-              f"(set them with --optim_args or --adabalance_*)", flush=True)  # fmt: skip
+              f"(set them with --optim_args)", flush=True)  # fmt: skip
     from transformers import AutoTokenizer, default_data_collator, set_seed
 
-    from adabalance_hf import AdaBalanceTrainer
+    from adabalance_hf import AdaBalanceTrainer, AtomicCheckpointsMixin
+
+    class RecipeTrainer(AtomicCheckpointsMixin, AdaBalanceTrainer):
+        """AdaBalance's names, with crash-safe checkpoints and --resume_from_checkpoint auto."""
 
     set_seed(training_args.seed)
     train_lines, eval_lines, source = load_texts(data_args)
@@ -244,7 +250,7 @@ def main(argv=None) -> dict:
             f"validation text; lower --block_size or give more text"
         )
 
-    trainer = AdaBalanceTrainer(
+    trainer = RecipeTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
         processing_class=tokenizer, data_collator=default_data_collator,
     )  # fmt: skip

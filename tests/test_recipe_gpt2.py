@@ -46,8 +46,8 @@ def _args(text_files, out, *extra):
         "--train_tokenizer", "--tokenizer_vocab_size", "300", "--block_size", "32",
         "--output_dir", str(out), "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "16", "--max_steps", "16", "--learning_rate", "3e-3",
-        "--optim", "adabalancew", "--optim_args", "final_lr=0.05,beta3=0.99",
-        "--adabalance_gamma", "0.01", "--logging_steps", "4", "--save_steps", "8",
+        "--optim", "adabalancew", "--optim_args", "final_lr=0.05,beta3=0.99,gamma=0.01",
+        "--logging_steps", "4", "--save_steps", "8",
         "--report_to", "none", "--seed", "0", "--use_cpu", "--disable_tqdm", "true", *extra,
     ]  # fmt: skip
 

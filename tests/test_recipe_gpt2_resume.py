@@ -52,7 +52,7 @@ def run(text_files, out: Path, *, kill: str | None = None, resume: str = "auto")
         "--output_dir", str(out), "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "8", "--max_steps", str(STEPS),
         "--learning_rate", "3e-3", "--warmup_steps", "2", "--optim", "adabalancew",
-        "--optim_args", "final_lr=0.05,beta3=0.99", "--adabalance_gamma", "0.01",
+        "--optim_args", "final_lr=0.05,beta3=0.99,gamma=0.01",
         "--logging_steps", "2", "--save_steps", "4", "--save_total_limit", "1",
         "--resume_from_checkpoint", resume,
         "--report_to", "none", "--seed", "0", "--use_cpu", "--disable_tqdm", "true",
