@@ -125,7 +125,7 @@ def create_optimizer(
     sharding: Sharding = "none",
     process_group: dist.ProcessGroup | None = None,
     trainer_cls: type | None = None,
-    check_setup: bool = True,
+    check_setup: bool | Literal["warn", "error"] = True,
     **adabalance_kwargs: Any,
 ) -> AdaBalance | ZeroRedundancyOptimizer:
     """Build AdaBalance for ``model`` with transformers-style decay / no-decay parameter groups.
@@ -156,9 +156,11 @@ def create_optimizer(
             default group
         trainer_cls (type, optional): a ``transformers.Trainer`` subclass whose
             ``get_decay_parameter_names`` defines the rule. Default: ``transformers.Trainer``
-        check_setup (bool, optional): run :func:`check_launch` and warn about launches that
-            silently run fewer processes than requested or drop a requested engine.
-            Default: ``True``
+        check_setup (bool or str, optional): ``True`` or ``"warn"``: run :func:`check_launch`
+            and warn about launches that silently run fewer processes than requested or drop a
+            requested engine; ``"error"``: raise :class:`DistributedSetupError` instead (for
+            scripts that must not train on a wrong launch, like the recipes); ``False``: no
+            check. Default: ``True``
         **adabalance_kwargs: other :class:`~adabalance_hf.AdaBalance` arguments
             (``final_lr``, ``gamma``, ``betas``, ``foreach``, ``fused``, ...).
 
@@ -172,6 +174,8 @@ def create_optimizer(
             ``sharding="fsdp2"`` is requested for a model that is not sharded, or
             ``sharding="zero1"`` for one that is.
         RuntimeError: if ``sharding="zero1"`` is requested without an initialised process group.
+        DistributedSetupError: with ``check_setup="error"``, if :func:`check_launch` finds a
+            problem (the message names each and its fix).
     """
     valid = _adabalance_arguments()
     unknown = sorted(set(adabalance_kwargs) - set(valid))
@@ -180,6 +184,11 @@ def create_optimizer(
             f"create_optimizer: unknown argument(s) {unknown}; AdaBalance accepts "
             f"{', '.join(valid)} (and create_optimizer: model, lr, weight_decay, no_decay, "
             f"sharding, process_group, trainer_cls, check_setup)"
+        )
+    if not isinstance(check_setup, bool) and check_setup not in ("warn", "error"):
+        raise ValueError(
+            f"create_optimizer: `check_setup` must be True, False, 'warn' or 'error', got "
+            f"{check_setup!r}"
         )
     if sharding not in _SHARDINGS:
         raise ValueError(
@@ -199,7 +208,8 @@ def create_optimizer(
             f"unsharded parameters and trains nothing)"
         )
     if check_setup:
-        check_launch(sharded_model=any(sharded), stacklevel=3)
+        action = "error" if check_setup == "error" else "warn"
+        check_launch(sharded_model=any(sharded), stacklevel=3, action=action)
     if sharding != "zero1":
         return AdaBalance(groups, lr=lr, **adabalance_kwargs)
 
