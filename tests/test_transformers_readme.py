@@ -25,7 +25,7 @@ def blocks(language: str) -> list[str]:
 @pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
 def test_readme_examples_run(tmp_path, monkeypatch):
     python, bash = blocks("python"), blocks("bash")
-    assert len(python) == 3 and len(bash) == 1
+    assert len(python) == 4 and len(bash) == 1  # TRL, then the three ways
     monkeypatch.chdir(tmp_path)
     command = shlex.split(bash[0].replace("\\\n", " "))
     assert command[:2] == ["python", "train.py"]
@@ -38,3 +38,12 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "out-object" / "checkpoint-5" / "optimizer.pt").is_file()
     assert namespace["args"].optim == "adabalance"
     assert any("adabalance/frac_between" in e for e in trainer.state.log_history)
+
+
+def test_section_opens_with_the_defaults_the_names_use():
+    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS, PAPER_OPTIM_ARGS
+
+    opening = section().split("```")[0]
+    stated = ", ".join(f"{key}={value:g}" for key, value in FINE_TUNING_DEFAULTS.items())
+    assert f"**`{stated}`**" in opening
+    assert f'optim_args="{PAPER_OPTIM_ARGS}"' in opening

@@ -14,6 +14,7 @@ from adabalance_hf.integrations.transformers import (
     adabalance_optimizer_kwargs,
     trainer_param_groups,
 )
+from adabalance_hf.optim import StateDictMismatchError
 
 N = 3
 
@@ -115,3 +116,24 @@ def test_resume_is_bitwise_exact(tmp_path, route):
         assert group_a == group_b
     assert state_b["param_groups"][0]["base_lr"] == 1e-2
     assert float(state_b["state"][0]["step"]) == 2 * N
+
+
+def test_resuming_an_adamw_checkpoint_by_name_says_what_to_do_in_a_trainer(tmp_path):
+    common = dict(max_steps=2, save_strategy="steps", save_steps=2)
+    adamw = Trainer(
+        model=tiny_bert(),
+        args=make_args(tmp_path, **common),
+        train_dataset=classification_data(n=8),
+    )
+    adamw.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    args = make_args(tmp_path, AdaBalanceTrainingArguments, optim="adabalance", **common)
+    trainer = AdaBalanceTrainer(
+        model=tiny_bert(), args=args, train_dataset=classification_data(n=8)
+    )
+    with pytest.raises(StateDictMismatchError) as error:
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    message = str(error.value)
+    assert f"resume_from_checkpoint='{checkpoint}'" in message
+    assert "--optim adamw_torch" in message and "from_pretrained" in message
+    assert "without resume_from_checkpoint" in message
