@@ -68,7 +68,7 @@ def build_optimizer(
             final_lr=final_lr,
             gamma=gamma,
             beta3=beta3,
-            check_setup=False,
+            check_setup="error",
             **common,
             **variant_kwargs(name),
         )

