@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from adabalance_hf.distributed import create_optimizer, param_groups
-from adabalance_hf.integrations.transformers import adabalance_optimizer_names
+from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS, adabalance_optimizer_names
 from adabalance_hf.integrations.transformers.optim_names import variant_kwargs
 
 __all__ = [
@@ -22,10 +22,10 @@ __all__ = [
     "optimizer_names",
 ]
 
-# AdaBalance's defaults for transformer fine-tuning, chosen with the sweep documented in
-# benchmarks/results/adabalance_defaults_sweep.md (the paper's defaults, made for training from
-# scratch at lr 1e-3, are final_lr=0.1, gamma=1e-3, beta3=0.999).
-ADABALANCE_FINETUNE_DEFAULTS = {"lr": 3e-5, "final_lr": 0.1, "gamma": 1e-4, "beta3": 0.9}
+# AdaBalance's defaults for transformer fine-tuning: the Trainer integration's (chosen with the
+# sweep in benchmarks/results/adabalance_defaults_sweep.md; the paper's, made for training from
+# scratch at lr 1e-3, are final_lr=0.1, gamma=1e-3, beta3=0.999) and AdamW's usual rate.
+ADABALANCE_FINETUNE_DEFAULTS = {"lr": 3e-5, **FINE_TUNING_DEFAULTS}
 ADAMW_DEFAULT_LR = 3e-5
 _OTHERS = ("adamw", "adabound", "adamod")
 
