@@ -6,21 +6,33 @@ final name is therefore always complete; a save killed half-way leaves only a st
 which resume ignores and the next save or rotation deletes. At resume time the manifest is
 checked (sizes and SHA-256), so a checkpoint damaged afterwards (truncated, bit rot, a file
 deleted by hand) is reported with its path and the previous complete one is used instead.
+
+Several processes write one checkpoint with :func:`collective_checkpoint` (only the main one
+prepares, manifests and renames). A lock file per checkpoint makes a second process that writes
+the same checkpoint at the same time (a misconfigured launch) fail with
+:class:`ConcurrentCheckpointError` instead of deleting the first one's files.
 """
 
 from .atomic import atomic_checkpoint, commit_checkpoint, prepare_staging, staging_dir
+from .collective import CollectiveCheckpointError, collective_checkpoint
 from .discovery import checkpoint_step, find_checkpoints, latest_complete_checkpoint
+from .lock import ConcurrentCheckpointError, checkpoint_lock, lock_path
 from .manifest import MANIFEST_NAME, CheckpointError, verify_checkpoint, write_manifest
 from .rotation import rotate_checkpoints
 
 __all__ = [
     "MANIFEST_NAME",
     "CheckpointError",
+    "CollectiveCheckpointError",
+    "ConcurrentCheckpointError",
     "atomic_checkpoint",
+    "checkpoint_lock",
     "checkpoint_step",
+    "collective_checkpoint",
     "commit_checkpoint",
     "find_checkpoints",
     "latest_complete_checkpoint",
+    "lock_path",
     "prepare_staging",
     "rotate_checkpoints",
     "staging_dir",

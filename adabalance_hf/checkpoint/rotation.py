@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .atomic import REPLACED_SUFFIX, STAGING_SUFFIX
 from .discovery import checkpoint_step, find_checkpoints
+from .lock import LOCK_SUFFIX, unused_checkpoint
 from .manifest import CheckpointError, verify_checkpoint
 
 __all__ = ["rotate_checkpoints"]
@@ -24,12 +25,14 @@ def rotate_checkpoints(
     """Delete old checkpoints so that at most ``save_total_limit`` complete ones remain.
 
     Staging folders left by killed saves are always deleted (and the old copy a killed save was
-    replacing, once the new one is in place). With a limit, the checkpoints older
-    than the ``save_total_limit`` newest complete ones are deleted, incomplete or damaged ones
-    included (nothing can resume from those); incomplete ones among or newer than the kept ones
-    are left alone (they may be a user's own, or kept for inspection). The newest complete
-    checkpoint is never deleted, whatever the limit. "Complete" is judged from the manifest by
-    names and sizes (no checksums, so rotation stays cheap); resume checks checksums too.
+    replacing, once the new one is in place, and stale lock files), but never those of a save
+    that a process is running right now (it holds the checkpoint's lock). With a limit, the
+    checkpoints older than the ``save_total_limit`` newest complete ones are deleted,
+    incomplete or damaged ones included (nothing can resume from those); incomplete ones among
+    or newer than the kept ones are left alone (they may be a user's own, or kept for
+    inspection). The newest complete checkpoint is never deleted, whatever the limit.
+    "Complete" is judged from the manifest by names and sizes (no checksums, so rotation stays
+    cheap); resume checks checksums too.
 
     Args:
         root: the folder holding ``<prefix><step>`` checkpoint folders.
@@ -59,22 +62,32 @@ def rotate_checkpoints(
             broken.append(path)
     if complete:
         keep.add(complete[-1].resolve())
-    doomed = []
+    doomed, leftovers = [], []  # leftovers: (hidden path, the checkpoint it belongs to)
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith(".") and path.name.endswith(STAGING_SUFFIX):
-                doomed.append(path)
+            name = path.name
+            if not name.startswith("."):
+                continue
+            if name.endswith(STAGING_SUFFIX):
+                leftovers.append((path, root / name[1 : -len(STAGING_SUFFIX)]))
             # left by a save killed while it replaced a folder of the same step: stale once the
             # new folder is in place (otherwise it is that step's only copy, and kept)
-            elif path.name.startswith(".") and path.name.endswith(REPLACED_SUFFIX):
-                if (root / path.name[1 : -len(REPLACED_SUFFIX)]).is_dir():
-                    doomed.append(path)
+            elif name.endswith(REPLACED_SUFFIX):
+                if (root / name[1 : -len(REPLACED_SUFFIX)]).is_dir():
+                    leftovers.append((path, root / name[1 : -len(REPLACED_SUFFIX)]))
+            elif name.endswith(LOCK_SUFFIX):
+                leftovers.append((None, root / name[1 : -len(LOCK_SUFFIX)]))
     if save_total_limit and complete:
         kept = complete[-save_total_limit:]
         oldest_kept = checkpoint_step(kept[0], prefix)
         doomed += complete[: len(complete) - len(kept)]
         doomed += [p for p in broken if checkpoint_step(p, prefix) < oldest_kept]
     deleted = []
+    for path, final in leftovers:
+        with unused_checkpoint(final) as unused:  # held: a save of `final` is running now
+            if unused and path is not None and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                deleted.append(path)
     for path in doomed:
         if path.resolve() in keep:
             continue
