@@ -11,7 +11,6 @@ are listed, with what it relies on, in :mod:`._private_api`.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, ClassVar
 
 from torch import nn
@@ -19,7 +18,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from ...checkpoint import atomic
+from ...checkpoint import collective_checkpoint
 from ._mixin import OrderFreeMixin
 from ._private_api import GET_OUTPUT_DIR, PUSH_FROM_CHECKPOINT, SAVE_CHECKPOINT
 from .checkpointing import resolve_resume_checkpoint, rotate_trainer_checkpoints
@@ -86,39 +85,35 @@ def _push_from_checkpoint(self: Trainer, parent: Any, checkpoint_folder: str) ->
 def _save_checkpoint(self: Trainer, parent: Any, model: nn.Module, trial: Any) -> None:
     """``Trainer._save_checkpoint`` into a staging folder, committed once complete.
 
-    The main process (``args.should_save``) prepares the staging folder, every process writes
-    its part into it as in transformers, and the main process commits it (manifest, fsync,
-    rename) and rotates the checkpoints, with barriers in between.
+    Through :func:`~adabalance_hf.checkpoint.collective_checkpoint`: the main process
+    (``args.should_save``) prepares the staging folder, every process writes its part into it as
+    in transformers, and the main process alone commits it (manifest, fsync, rename), with
+    barriers in between; then it rotates the checkpoints. Another process writing the same
+    checkpoint (a misconfigured launch) is a clear error, not a collision.
     """
     run_dir = getattr(self, GET_OUTPUT_DIR)(trial)
     name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
     final = os.path.join(run_dir, name)
-    # The next _save_checkpoint writes into <staging>/checkpoint-N: the hidden
-    # .checkpoint-N.incomplete folder of adabalance_hf.checkpoint (which rotation cleans up), one
-    # level down, so that the folder keeps its name checkpoint-N for all transformers does with it.
-    staging = atomic.staging_dir(final)
-    staged = os.path.join(staging, name)
+    # The next _save_checkpoint writes into <staging>/checkpoint-N (nested=True): the folder keeps
+    # its name checkpoint-N for all transformers does with it.
+    with collective_checkpoint(
+        final,
+        is_main_process=self.args.should_save,
+        wait_for_everyone=self.accelerator.wait_for_everyone,
+        metadata={"global_step": self.state.global_step},
+        nested=True,
+    ) as staging:
+        staged = os.path.join(staging, name)
+        self._atomic_staging, self._atomic_pushes = str(staging), []
+        try:
+            parent(model, trial)
+        finally:
+            self._atomic_staging, pushes = None, self._atomic_pushes
+        if self.state.best_model_checkpoint == staged:
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
     if self.args.should_save:
-        atomic.prepare_staging(final)
-    self.accelerator.wait_for_everyone()
-    self._atomic_staging, self._atomic_pushes = str(staging), []
-    try:
-        parent(model, trial)
-        self.accelerator.wait_for_everyone()
-    except Exception:
-        if self.args.should_save:  # free the space (e.g. after ENOSPC); older ones stay
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        self._atomic_staging, pushes = None, self._atomic_pushes
-    if self.state.best_model_checkpoint == staged:
-        self.state.best_model_checkpoint = final
-        if self.args.should_save:
-            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
-    if self.args.should_save:
-        # Through the module, so tests can intercept atomic.commit_checkpoint.
-        atomic.commit_checkpoint(staged, final, {"global_step": self.state.global_step})
-        shutil.rmtree(staging, ignore_errors=True)  # empty now
         rotate_trainer_checkpoints(
             run_dir, self.args.save_total_limit, self.state.best_model_checkpoint
         )

@@ -16,8 +16,6 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from ...distributed.launch_checks import check_trainer_launch
-
-
 from ...optim import AdaBalance, StateDictMismatchError
 from ._mixin import OrderFreeMixin
 from ._private_api import LOAD_OPTIMIZER_AND_SCHEDULER
