@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import DefaultFlowCallback
 
 from ...optim import AdaBalance
 from ...optim._step_scalars import step_scalars
-from .optimizer_coverage import check_optimizer_holds_trainable_parameters
+from .optimizer_coverage import TrainableParametersCheck
 
 __all__ = ["AdaBalanceDiagnosticsCallback", "adabalance_diagnostics", "add_diagnostics_callback"]
 
@@ -136,7 +136,7 @@ def adabalance_diagnostics(
     }
 
 
-class AdaBalanceDiagnosticsCallback(TrainerCallback):
+class AdaBalanceDiagnosticsCallback(TrainableParametersCheck):
     """Add AdaBalance's bounds and the fractions of elements at them to the Trainer's logs.
 
     On by default in :class:`AdaBalanceTrainer`. With a plain ``Trainer`` pass it in
@@ -150,31 +150,6 @@ class AdaBalanceDiagnosticsCallback(TrainerCallback):
     def __init__(self) -> None:
         self._step_lrs: list[float | Tensor] | None = None
         self._told_not_adabalance = False
-
-    def on_train_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: Any = None,
-        optimizer: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        """Check that the optimizer holds the model's trainable parameters.
-
-        See :func:`check_optimizer_holds_trainable_parameters`: none of them is a
-        ``ValueError`` (an optimizer built before PEFT wrapped the model), some missing a
-        warning.
-
-        Args:
-            args (TrainingArguments): the training arguments.
-            state (TrainerState): the Trainer's state.
-            control (TrainerControl): the Trainer's control flags.
-            model (nn.Module, optional): the model being trained.
-            optimizer (torch.optim.Optimizer, optional): the Trainer's (wrapped) optimizer.
-            **kwargs: the other objects the Trainer passes to callbacks.
-        """
-        check_optimizer_holds_trainable_parameters(model, optimizer, args)
 
     def on_optimizer_step(
         self,

@@ -93,8 +93,8 @@ def check_optimizer_holds_trainable_parameters(
 class TrainableParametersCheck(TrainerCallback):
     """Run :func:`check_optimizer_holds_trainable_parameters` at train start.
 
-    :class:`AdaBalanceTrainer` installs it when its diagnostics callback (which runs the same
-    check) is off.
+    :class:`AdaBalanceDiagnosticsCallback` is one; :class:`AdaBalanceTrainer` installs this
+    one alone when its diagnostics are off.
     """
 
     def on_train_begin(
