@@ -77,6 +77,71 @@ def _check_range(
         raise ValueError(f"Invalid {name}: {value!r}; it must lie in [{low!r}, {upper}{closing}")
 
 
+# Every key a group's check reads, in the order they are checked (the first invalid is named).
+_CHECKED_KEYS = (
+    "lr",
+    "base_lr",
+    "eps",
+    "betas",
+    "beta3",
+    "final_lr",
+    "gamma",
+    "weight_decay",
+    "amsbound",
+    "decoupled_weight_decay",
+    "maximize",
+    "master_weights",
+    "bf16_stochastic_round",
+    "skip_nonfinite_grads",
+    "foreach",
+    "fused",
+)
+_RANGES: dict[str, dict[str, Any]] = {
+    "lr": {"low": 0.0},
+    "base_lr": {"low": 0.0},
+    "eps": {"low": 0.0},
+    "beta3": {"low": 0.0, "high": 1.0},
+    "final_lr": {"low": 0.0},
+    "gamma": {"low": 0.0, "high": 1.0},
+    "weight_decay": {"low": 0.0},
+}
+_FLAGS = ("amsbound", "decoupled_weight_decay", "maximize", "master_weights")
+_FLAGS += ("bf16_stochastic_round",)
+
+
+def _check_key(group: dict[str, Any], key: str, tensors: bool) -> None:
+    """Raise a ``ValueError`` if ``group[key]`` is invalid (see validate_hyperparameters)."""
+    if key in _RANGES:
+        if key != "base_lr" or "base_lr" in group:
+            _check_range(key, group[key], **_RANGES[key], tensors=tensors)
+    elif key == "betas":
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(
+                f"Invalid betas: {betas!r}; pass a pair (beta1, beta2) such as (0.9, 0.999)"
+            )
+        _check_range("betas[0]", betas[0], low=0.0, high=1.0, tensors=tensors)
+        _check_range("betas[1]", betas[1], low=0.0, high=1.0, tensors=tensors)
+    elif key in _FLAGS:
+        if not isinstance(group[key], bool):
+            raise ValueError(
+                f"Invalid {key}: {group[key]!r} (type {type(group[key]).__name__}); "
+                f"pass True or False"
+            )
+    elif key == "skip_nonfinite_grads":
+        skip = group.get(key, False)
+        if not isinstance(skip, bool):
+            raise ValueError(
+                f"Invalid skip_nonfinite_grads: {skip!r} (type {type(skip).__name__}); pass "
+                f"True or False (a string such as 'yes' from a config file must be converted "
+                f"first)"
+            )
+    else:  # foreach, fused
+        value = group.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"Invalid {key}: {value!r}; pass None, True or False")
+
+
 def validate_hyperparameters(group: dict[str, Any], *, tensors: bool = True) -> None:
     """Raise a ``ValueError`` naming the first invalid hyper-parameter of a param group.
 
@@ -87,38 +152,8 @@ def validate_hyperparameters(group: dict[str, Any], *, tensors: bool = True) -> 
         tensors (bool, optional): also check values held in tensors (reads them: a device
             synchronisation for accelerator tensors). Default: ``True``
     """
-    _check_range("lr", group["lr"], low=0.0, tensors=tensors)
-    if "base_lr" in group:
-        _check_range("base_lr", group["base_lr"], low=0.0, tensors=tensors)
-    _check_range("eps", group["eps"], low=0.0, tensors=tensors)
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(
-            f"Invalid betas: {betas!r}; pass a pair (beta1, beta2) such as (0.9, 0.999)"
-        )
-    _check_range("betas[0]", betas[0], low=0.0, high=1.0, tensors=tensors)
-    _check_range("betas[1]", betas[1], low=0.0, high=1.0, tensors=tensors)
-    _check_range("beta3", group["beta3"], low=0.0, high=1.0, tensors=tensors)
-    _check_range("final_lr", group["final_lr"], low=0.0, tensors=tensors)
-    _check_range("gamma", group["gamma"], low=0.0, high=1.0, tensors=tensors)
-    _check_range("weight_decay", group["weight_decay"], low=0.0, tensors=tensors)
-    flags = ("amsbound", "decoupled_weight_decay", "maximize")
-    for flag in (*flags, "master_weights", "bf16_stochastic_round"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(
-                f"Invalid {flag}: {group[flag]!r} (type {type(group[flag]).__name__}); "
-                f"pass True or False"
-            )
-    skip = group.get("skip_nonfinite_grads", False)
-    if not isinstance(skip, bool):
-        raise ValueError(
-            f"Invalid skip_nonfinite_grads: {skip!r} (type {type(skip).__name__}); pass True or "
-            f"False (a string such as 'yes' from a config file must be converted first)"
-        )
-    for option in ("foreach", "fused"):
-        value = group.get(option)
-        if value is not None and not isinstance(value, bool):
-            raise ValueError(f"Invalid {option}: {value!r}; pass None, True or False")
+    for key in _CHECKED_KEYS:
+        _check_key(group, key, tensors)
 
 
 def validate_param_group(
@@ -140,23 +175,67 @@ def validate_param_group(
         raise ValueError(f"AdaBalance param group {group_index}: {error}") from None
 
 
-def validate_before_step(param_groups: list[dict[str, Any]]) -> None:
+_MISSING = object()
+
+
+def _snapshot(value: Any) -> Any:
+    # Lists are copied, so that an element written in place (betas[0] = 1.0) is seen as a change.
+    return tuple(value) if type(value) is list else value
+
+
+def _unchanged(old: Any, new: Any) -> bool:
+    """Whether ``new`` is the value ``old`` (of the same type), without reading any tensor."""
+    if old is new:
+        return True
+    if type(new) is list:  # snapshots hold lists as tuples
+        new = tuple(new)
+    elif type(old) is not type(new):  # True == 1, but an int flag is invalid
+        return False
+    if type(new) is tuple:
+        return len(old) == len(new) and all(map(_unchanged, old, new))
+    if isinstance(new, torch.Tensor):
+        return False  # another tensor: not read here (see validate_before_step)
+    return bool(old == new)  # nan != nan: a nan is found invalid again at every step
+
+
+def validate_before_step(
+    param_groups: list[dict[str, Any]], validated: list[list[Any]] | None = None
+) -> None:
     """Check every group's hyper-parameters again before a step updates anything.
 
     Catches values written into ``param_groups`` after construction (a buggy scheduler setting
     ``group["lr"] = nan``, ``betas`` set to ``(1.0, 0.999)``, a string from a config file). Only
     Python numbers are checked: a tensor ``lr`` is not read, so a step never synchronises.
 
+    With ``validated``, only the values that differ from the ones last found valid are checked
+    (``validated[i]`` holds group ``i``'s, updated here): the checks depend on the values alone,
+    so a step whose groups nobody changed costs a comparison of each value, and a scheduler's
+    new ``lr`` one check of it.
+
     Args:
         param_groups (list of dict): the optimizer's param groups.
+        validated (list, optional): the optimizer's record of values found valid; ``None``
+            checks everything. Default: ``None``
 
     Raises:
         ValueError: naming the group, the hyper-parameter and its value; no parameter and no
             state has been changed.
     """
+    if validated is not None:  # one entry per group; an empty one until it is checked
+        del validated[len(param_groups) :]
+        validated.extend([] for _ in range(len(param_groups) - len(validated)))
     for group_index, group in enumerate(param_groups):
+        record = validated[group_index] if validated is not None else []
         try:
-            validate_hyperparameters(group, tensors=False)
+            if not record:
+                validate_hyperparameters(group, tensors=False)
+                record.extend(_snapshot(group.get(key, _MISSING)) for key in _CHECKED_KEYS)
+                continue
+            for position, key in enumerate(_CHECKED_KEYS):
+                value = group.get(key, _MISSING)
+                if not _unchanged(record[position], value):
+                    _check_key(group, key, tensors=False)
+                    record[position] = _snapshot(value)
         except ValueError as error:
             raise ValueError(
                 f"AdaBalance.step: param group {group_index} holds an invalid value, set after "
