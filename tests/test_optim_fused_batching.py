@@ -60,9 +60,9 @@ def _count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     run_kernel = _fused._run_kernel
 
-    def counting(variant: tuple, *args: object) -> None:
-        sizes.append(args[0].numel())  # type: ignore[attr-defined]
-        run_kernel(variant, *args)
+    def counting(variant: tuple, tensors: _fused.KernelTensors, *args: object) -> None:
+        sizes.append(tensors.param.numel())
+        run_kernel(variant, tensors, *args)
 
     monkeypatch.setattr(_fused, "_run_kernel", counting)
     return sizes

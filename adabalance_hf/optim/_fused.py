@@ -6,8 +6,14 @@ are concatenated and stepped by one call, because a compiled call's fixed cost (
 microseconds) exceeds their work; these copies are the only temporaries, bounded like the
 foreach path's (10% of the elements, or the largest tensor). Compile time is bounded: tensors are
 passed flattened to 1-D with dynamic sizes, so one compiled graph serves every shape of a given
-dtype and variant (amsbound, master weights, rounding), and every hyper-parameter enters as an
-element of one small tensor, so a learning-rate schedule never recompiles.
+dtype and variant (amsbound, master weights, rounding, loss scaling), and every hyper-parameter
+enters as an element of one small tensor (laid out by ``_step_scalars.KernelScalars``), so a
+learning-rate schedule never recompiles.
+
+Under ``torch.amp.GradScaler`` the kernel takes the scaler's ``grad_scale`` and ``found_inf`` as
+0-dim tensors, as torch's fused Adam does: it unscales the gradient (and stores the unscaled
+gradient back, as an unscale pass would), and where ``found_inf`` is set it writes back the old
+values, so neither tensor is read on the host.
 """
 
 from __future__ import annotations
@@ -16,27 +22,51 @@ import functools
 import types
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._multi_tensor import transient_budget
-from ._precision import compute_dtype, stochastic_round_to_bf16
-from ._step_scalars import step_scalars
+from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
+from ._step_scalars import HYPER, kernel_scalars
 
-__all__ = ["_fused_adabalance", "fused_kernel_supports"]
+__all__ = ["KernelTensors", "KernelVariant", "_fused_adabalance", "fused_kernel_supports"]
 
-# Indices into the hyper-parameter vector handed to the kernel. Complements such as 1 - beta2
-# are computed in float64 on the host: 1 - float32(0.999) would be off by 1e-5 relative.
-_ETA_SCALE, _BC2_SQRT, _LOWER, _UPPER, _ONE_MINUS_BETA1, _BETA2, _ONE_MINUS_BETA2 = range(7)
-_BETA3, _EPS, _L2, _DECAY, _GRAD_SIGN = range(7, 12)
+
+class KernelTensors(NamedTuple):
+    """The tensors of one kernel call, flattened to 1-D; named as the kernel's parameters."""
+
+    param: Tensor
+    grad: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    exp_avg_lr: Tensor
+    max_exp_avg_sq: Tensor | None
+    master: Tensor | None
+
+
+# The tensors the kernel writes (the gradient too when it unscales it), by name.
+_WRITTEN = ("param", "exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq", "master")
+_WRITTEN_UNSCALED = ("grad", *_WRITTEN)
+
+
+class KernelVariant(NamedTuple):
+    """What selects a compiled kernel: each variant compiles once."""
+
+    device_type: str
+    param_dtype: torch.dtype
+    grad_dtype: torch.dtype
+    compute_dtype: torch.dtype
+    amsbound: bool
+    write_mode: int
+    unscale: bool  # divides the gradient by GradScaler's grad_scale
+    skip_if_found_inf: bool  # leaves every tensor as it was where GradScaler found inf/nan
+
 
 # How the kernel's fp32 result reaches the parameter.
 # (_WRITE_PARAM: copied into the parameter, rounded to nearest if its dtype is lower.)
 _WRITE_PARAM, _WRITE_MASTER, _WRITE_STOCHASTIC = range(3)
-# Positions of the kernel's tensor arguments it writes: param, exp_avg, exp_avg_sq, exp_avg_lr,
-# max_exp_avg_sq, master.
-_WRITTEN = (0, 2, 3, 4, 5, 6)
 # Tensors with fewer elements are stepped together (see _run_batched), in batches of at most
 # transient_budget() elements of temporaries.
 _BATCH_NUMEL = 1 << 16
@@ -51,23 +81,35 @@ def _adabalance_kernel(
     max_exp_avg_sq: Tensor | None,
     master: Tensor | None,
     hyper: Tensor,
+    inv_grad_scale: Tensor | None,
+    found_inf: Tensor | None,
     write_mode: int,
 ) -> None:
+    if found_inf is not None:
+        # Where GradScaler found inf/nan, every tensor written below gets its old value back
+        # (inductor fuses the copies away: each element is still read once and written once).
+        written = [param, exp_avg, exp_avg_sq, exp_avg_lr, max_exp_avg_sq, master]
+        if inv_grad_scale is not None:
+            written.append(grad)
+        written = [t for t in written if t is not None]
+        saved = [t.clone() for t in written]
+    if inv_grad_scale is not None:
+        grad.mul_(inv_grad_scale)  # what an unscale pass over the gradients stores
     if master is not None:
         value = master
     else:
         value = param.to(exp_avg.dtype)
-    value = value * hyper[_DECAY]
-    g = grad.to(exp_avg.dtype) * hyper[_GRAD_SIGN] + hyper[_L2] * value
-    exp_avg.lerp_(g, hyper[_ONE_MINUS_BETA1])
-    exp_avg_sq.mul_(hyper[_BETA2]).addcmul_(g, g, value=hyper[_ONE_MINUS_BETA2])
+    value = value * hyper[HYPER.decay]
+    g = grad.to(exp_avg.dtype) * hyper[HYPER.grad_sign] + hyper[HYPER.l2] * value
+    exp_avg.lerp_(g, hyper[HYPER.one_minus_beta1])
+    exp_avg_sq.mul_(hyper[HYPER.beta2]).addcmul_(g, g, value=hyper[HYPER.one_minus_beta2])
     if max_exp_avg_sq is not None:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        denom = max_exp_avg_sq.sqrt() + hyper[_EPS]
+        denom = max_exp_avg_sq.sqrt() + hyper[HYPER.eps]
     else:
-        denom = exp_avg_sq.sqrt() / hyper[_BC2_SQRT] + hyper[_EPS]
-    exp_avg_lr.mul_(hyper[_BETA3]).add_(hyper[_ETA_SCALE] / denom)
-    rate = torch.minimum(torch.maximum(exp_avg_lr, hyper[_LOWER]), hyper[_UPPER])
+        denom = exp_avg_sq.sqrt() / hyper[HYPER.bias_correction2_sqrt] + hyper[HYPER.eps]
+    exp_avg_lr.mul_(hyper[HYPER.beta3]).add_(hyper[HYPER.eta_scale] / denom)
+    rate = torch.minimum(torch.maximum(exp_avg_lr, hyper[HYPER.lower]), hyper[HYPER.upper])
     value = value - rate * exp_avg
     if write_mode == _WRITE_MASTER:
         master.copy_(value)  # type: ignore[union-attr]
@@ -76,11 +118,30 @@ def _adabalance_kernel(
         param.copy_(stochastic_round_to_bf16(value))
     else:
         param.copy_(value)
+    if found_inf is not None:
+        keep = found_inf != 0
+        for tensor, old in zip(written, saved, strict=True):
+            tensor.copy_(torch.where(keep, old, tensor))
+
+
+_KERNEL_CODE = _adabalance_kernel.__code__
+_KERNEL_PARAMETERS = _KERNEL_CODE.co_varnames[: _KERNEL_CODE.co_argcount]
+if _KERNEL_PARAMETERS != (
+    *KernelTensors._fields,
+    "hyper",
+    "inv_grad_scale",
+    "found_inf",
+    "write_mode",
+):
+    raise ImportError(
+        f"AdaBalance's fused kernel takes {_KERNEL_PARAMETERS}, which KernelTensors "
+        f"{KernelTensors._fields} does not lead in order: fix one of them"
+    )
 
 
 @functools.cache
-def _compiled_kernel(variant: tuple) -> Callable[..., None]:
-    """The compiled kernel for one variant (dtypes, device type, amsbound, write mode).
+def _compiled_kernel(variant: KernelVariant) -> Callable[..., None]:
+    """The compiled kernel for one variant.
 
     Each variant gets a copy of the kernel with a code object of its own, because dynamo keeps
     one cache, with a limit of 8 entries, per code object: variants sharing one would evict each
@@ -92,9 +153,15 @@ def _compiled_kernel(variant: tuple) -> Callable[..., None]:
     # With dynamic sizes inductor decides at compile time, from the first call's size, whether
     # to parallelise; a first call on a bias would give a one-thread kernel for every tensor.
     # dynamic_threads lets the OpenMP runtime decide per call instead.
-    return torch.compile(
-        kernel, fullgraph=True, dynamic=True, options={"cpp.dynamic_threads": True}
-    )
+    import torch._inductor.config as inductor_config
+
+    options = {"cpp.dynamic_threads": True}
+    low_precision_unscale = variant.unscale and variant.grad_dtype in LOW_PRECISION_DTYPES
+    if low_precision_unscale and hasattr(inductor_config, "emulate_precision_casts"):
+        # Inductor would otherwise use the unscaled gradient before its rounding to fp16/bf16,
+        # where an unscale pass (and the per-tensor path) uses the rounded value.
+        options["emulate_precision_casts"] = True
+    return torch.compile(kernel, fullgraph=True, dynamic=True, options=options)
 
 
 def fused_kernel_supports(tensors: list[Tensor]) -> bool:
@@ -106,10 +173,19 @@ def fused_kernel_supports(tensors: list[Tensor]) -> bool:
     return all(t.is_contiguous() and t.numel() >= 2 for t in tensors)
 
 
-_VARIANTS_RUN: set[tuple] = set()
+_VARIANTS_RUN: set[KernelVariant] = set()
 
 
-def _run_kernel(variant: tuple, *args: object) -> None:
+def _run_kernel(
+    variant: KernelVariant,
+    tensors: KernelTensors,
+    hyper: Tensor,
+    inv_grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    # Positional (a keyword call costs ~5 us more in torch.compile's wrapper): the fields of
+    # KernelTensors are the kernel's first parameters, in order, as checked at import.
+    args = (*tensors, hyper, inv_grad_scale, found_inf, variant.write_mode)
     if variant in _VARIANTS_RUN:
         _compiled_kernel(variant)(*args)
         return
@@ -121,17 +197,17 @@ def _run_kernel(variant: tuple, *args: object) -> None:
             _compiled_kernel(variant)(*args)
         _VARIANTS_RUN.add(variant)
     except Exception as error:
-        device, param_dtype, grad_dtype = variant[:3]
         raise RuntimeError(
             f"AdaBalance(fused=True) could not compile or run its torch.compile kernel for "
-            f"{param_dtype} parameters with {grad_dtype} gradients on {device} (it needs a C++ "
-            f"compiler on CPU, Triton on CUDA; the error below says whether that is the "
-            f"cause). Use foreach=True, or fused=False. torch.compile said: "
-            f"{type(error).__name__}: {error}"
+            f"{variant.param_dtype} parameters with {variant.grad_dtype} gradients on "
+            f"{variant.device_type} (it needs a C++ compiler on CPU, Triton on CUDA; the error "
+            f"below says whether that is the cause). Use foreach=True, or fused=False. "
+            f"torch.compile said: {type(error).__name__}: {error}"
         ) from error
 
 
 def _fused_adabalance(
+    *,
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -140,7 +216,8 @@ def _fused_adabalance(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    *,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
     amsbound: bool,
     has_complex: bool,
     lr: float,
@@ -161,35 +238,41 @@ def _fused_adabalance(
             "AdaBalance(fused=True) does not take complex parameters; use foreach=True or "
             "fused=False, which optimize them as their real view"
         )
-    l2 = weight_decay if not decoupled_weight_decay else 0.0
-    decay = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
     if not params:
         return
     torch._foreach_add_(state_steps, 1)
     hyper_cache: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
+    # GradScaler's tensors, per device and compute dtype: 1 / grad_scale and found_inf.
+    amp_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor | None, Tensor | None]] = {}
     # Concatenated copies of p, g, m, v, s (and max_exp_avg_sq, master) are the temporaries:
     # bounded like the foreach path's.
     copies_per_element = 5 + amsbound + (master_params is not None)
     batch_budget = transient_budget([p.numel() for p in params]) // copies_per_element
-    pending: dict[tuple, tuple[list[list[Tensor | None]], int]] = {}
+    pending: dict[tuple, tuple[list[KernelTensors], int]] = {}
     for i, param in enumerate(params):
-        step = state_steps[i].item()
+        step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         dtype = compute_dtype(param.dtype)
         key = (step, param.device, dtype)
         if key not in hyper_cache:
-            s = step_scalars(
+            scalars = kernel_scalars(
                 step,
                 lr=lr,
                 base_lr=base_lr,
                 beta1=beta1,
                 beta2=beta2,
+                beta3=beta3,
                 final_lr=final_lr,
                 gamma=gamma,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
             )
-            values = [(1 - beta3) * s.step_size, s.bias_correction2_sqrt, s.lower, s.upper]
-            values += [1 - beta1, beta2, 1 - beta2, beta3, eps, l2, decay]
-            values.append(-1.0 if maximize else 1.0)
-            hyper_cache[key] = torch.tensor(values, dtype=dtype, device=param.device)
+            hyper_cache[key] = torch.tensor(scalars, dtype=dtype, device=param.device)
+        amp_key = (param.device, dtype)
+        if amp_key not in amp_cache:
+            amp_cache[amp_key] = _amp_tensors(grad_scale, found_inf, param.device, dtype)
+        amp = amp_cache[amp_key]
 
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _flat(master_params[i])
@@ -198,28 +281,59 @@ def _fused_adabalance(
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         grad = grads[i]
-        variant = (param.device.type, param.dtype, grad.dtype, dtype, amsbound, write_mode)
-        tensors = [
-            _flat(param.detach()),
-            _flat(grad),
-            _flat(exp_avgs[i]),
-            _flat(exp_avg_sqs[i]),
-            _flat(exp_avg_lrs[i]),
-            _flat(max_exp_avg_sqs[i]) if amsbound else None,
-            master,
-        ]
-        numel = tensors[0].numel()  # a DTensor's local shard: what the temporaries hold
+        variant = KernelVariant(
+            device_type=param.device.type,
+            param_dtype=param.dtype,
+            grad_dtype=grad.dtype,
+            compute_dtype=dtype,
+            amsbound=amsbound,
+            write_mode=write_mode,
+            unscale=grad_scale is not None,
+            skip_if_found_inf=found_inf is not None,
+        )
+        tensors = KernelTensors(
+            param=_flat(param.detach()),
+            grad=_flat(grad),
+            exp_avg=_flat(exp_avgs[i]),
+            exp_avg_sq=_flat(exp_avg_sqs[i]),
+            exp_avg_lr=_flat(exp_avg_lrs[i]),
+            max_exp_avg_sq=_flat(max_exp_avg_sqs[i]) if amsbound else None,
+            master=master,
+        )
+        numel = tensors.param.numel()  # a DTensor's local shard: what the temporaries hold
         if numel >= _BATCH_NUMEL or numel > batch_budget:
-            _run_kernel(variant, *tensors, hyper_cache[key], write_mode)
+            _run_kernel(variant, tensors, hyper_cache[key], *amp)
             continue
         batch, batch_numel = pending.get((variant, key), ([], 0))
         if batch_numel + numel > batch_budget:
-            _run_batched(variant, batch, hyper_cache[key])
+            _run_batched(variant, batch, hyper_cache[key], amp)
             batch, batch_numel = [], 0
         batch.append(tensors)
         pending[(variant, key)] = (batch, batch_numel + numel)
     for (variant, key), (batch, _) in pending.items():
-        _run_batched(variant, batch, hyper_cache[key])
+        _run_batched(variant, batch, hyper_cache[key], amp_cache[key[1:]])
+    if found_inf is not None:
+        # A skipped step does not count, as in torch's fused Adam. The counters live on the CPU,
+        # so for accelerator tensors this copy of found_inf is the step's one synchronisation,
+        # made after every kernel has been queued.
+        skipped = (found_inf != 0).to(device=state_steps[0].device, dtype=state_steps[0].dtype)
+        torch._foreach_sub_(state_steps, [skipped] * len(state_steps))
+
+
+def _amp_tensors(
+    grad_scale: Tensor | None, found_inf: Tensor | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """GradScaler's ``1 / grad_scale`` and ``found_inf`` as 0-dim tensors for the kernel.
+
+    The reciprocal is taken in the compute dtype, so ``g * inv_grad_scale`` is bitwise what an
+    unscale pass multiplying by the Python float ``1 / grad_scale`` gives.
+    """
+    inv_grad_scale = None
+    if grad_scale is not None:
+        inv_grad_scale = grad_scale.to(device=device, dtype=dtype, non_blocking=True).reciprocal()
+    if found_inf is not None:
+        found_inf = found_inf.to(device=device, non_blocking=True)
+    return inv_grad_scale, found_inf
 
 
 def _flat(tensor: Tensor) -> Tensor:
@@ -231,20 +345,25 @@ def _flat(tensor: Tensor) -> Tensor:
     return tensor.view(-1)
 
 
-def _run_batched(variant: tuple, batch: list[list[Tensor | None]], hyper: Tensor) -> None:
+def _run_batched(
+    variant: KernelVariant,
+    batch: list[KernelTensors],
+    hyper: Tensor,
+    amp: tuple[Tensor | None, Tensor | None],
+) -> None:
     """One kernel call for many small tensors: concatenate, step, copy the results back.
 
     The per-call cost of a compiled kernel (tens of microseconds of guards and wrappers) is more
     than the work on a bias or norm weight; the copies cost little at these sizes.
     """
-    write_mode = variant[-1]
     if len(batch) == 1:
-        _run_kernel(variant, *batch[0], hyper, write_mode)
+        _run_kernel(variant, batch[0], hyper, *amp)
         return
-    columns = list(zip(*batch, strict=True))
-    flat = [None if column[0] is None else torch.cat(column) for column in columns]
-    _run_kernel(variant, *flat, hyper, write_mode)
-    sizes = [tensor.numel() for tensor in columns[0]]
-    for position in _WRITTEN:
-        if flat[position] is not None:
-            torch._foreach_copy_(list(columns[position]), list(flat[position].split(sizes)))
+    columns = KernelTensors(*zip(*batch, strict=True))
+    flat = KernelTensors(*(None if column[0] is None else torch.cat(column) for column in columns))
+    _run_kernel(variant, flat, hyper, *amp)
+    sizes = [tensor.numel() for tensor in columns.param]
+    for name in _WRITTEN_UNSCALED if variant.unscale else _WRITTEN:
+        written = getattr(flat, name)
+        if written is not None:
+            torch._foreach_copy_(list(getattr(columns, name)), list(written.split(sizes)))

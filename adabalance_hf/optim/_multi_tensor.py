@@ -50,6 +50,7 @@ def chunk_bounds(numels: list[int], budget: int) -> list[tuple[int, int]]:
 
 
 def _multi_tensor_adabalance(
+    *,
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -58,7 +59,6 @@ def _multi_tensor_adabalance(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    *,
     amsbound: bool,
     has_complex: bool,
     lr: float,
@@ -77,14 +77,30 @@ def _multi_tensor_adabalance(
     if len(params) == 0:
         return
     budget = transient_budget([p.numel() for p in params])
-    tensor_lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, max_exp_avg_sqs]
-    tensor_lists += [state_steps, master_params if master_params is not None else []]
-    grouped_tensors = Optimizer._group_tensors_by_device_and_dtype(tensor_lists)  # type: ignore[arg-type]
+    named_lists = {
+        "params": params,
+        "grads": grads,
+        "exp_avgs": exp_avgs,
+        "exp_avg_sqs": exp_avg_sqs,
+        "exp_avg_lrs": exp_avg_lrs,
+        "max_exp_avg_sqs": max_exp_avg_sqs,
+        "state_steps": state_steps,
+        "master_params": master_params if master_params is not None else [],
+    }
+    grouped_tensors = Optimizer._group_tensors_by_device_and_dtype(
+        list(named_lists.values())  # type: ignore[arg-type]
+    )
     for device_lists_, _ in grouped_tensors.values():
-        device_lists = [cast(list[Tensor], tensors) for tensors in device_lists_]
-        device_params, device_grads, device_exp_avgs, device_exp_avg_sqs = device_lists[:4]
-        device_exp_avg_lrs, device_max_exp_avg_sqs, device_state_steps = device_lists[4:7]
-        device_master_params = device_lists[7] if master_params is not None else None
+        device = {
+            name: cast(list[Tensor], tensors)
+            for name, tensors in zip(named_lists, device_lists_, strict=True)
+        }
+        device_params, device_grads = device["params"], device["grads"]
+        device_exp_avgs, device_exp_avg_sqs = device["exp_avgs"], device["exp_avg_sqs"]
+        device_exp_avg_lrs = device["exp_avg_lrs"]
+        device_max_exp_avg_sqs = device["max_exp_avg_sqs"]
+        device_state_steps = device["state_steps"]
+        device_master_params = device["master_params"] if master_params is not None else None
 
         if has_complex:
             state_lists = [device_grads, device_exp_avgs, device_exp_avg_sqs, device_exp_avg_lrs]
@@ -107,14 +123,16 @@ def _multi_tensor_adabalance(
         ]
         for start, end in chunk_bounds([p.numel() for p in device_params], budget):
             _step_chunk(
-                device_params[start:end],
-                device_grads[start:end],
-                device_exp_avgs[start:end],
-                device_exp_avg_sqs[start:end],
-                device_exp_avg_lrs[start:end],
-                device_max_exp_avg_sqs[start:end] if amsbound else None,
-                device_master_params[start:end] if device_master_params is not None else None,
-                scalars[start:end],
+                params=device_params[start:end],
+                grads=device_grads[start:end],
+                exp_avgs=device_exp_avgs[start:end],
+                exp_avg_sqs=device_exp_avg_sqs[start:end],
+                exp_avg_lrs=device_exp_avg_lrs[start:end],
+                max_exp_avg_sqs=device_max_exp_avg_sqs[start:end] if amsbound else None,
+                master_params=(
+                    device_master_params[start:end] if device_master_params is not None else None
+                ),
+                scalars=scalars[start:end],
                 lr=lr,
                 beta1=beta1,
                 beta2=beta2,
@@ -128,6 +146,7 @@ def _multi_tensor_adabalance(
 
 
 def _step_chunk(
+    *,
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -136,7 +155,6 @@ def _step_chunk(
     max_exp_avg_sqs: list[Tensor] | None,
     master_params: list[Tensor] | None,
     scalars: list[StepScalars],
-    *,
     lr: float,
     beta1: float,
     beta2: float,

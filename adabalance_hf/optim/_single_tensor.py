@@ -12,6 +12,7 @@ __all__ = ["_single_tensor_adabalance"]
 
 
 def _single_tensor_adabalance(
+    *,
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -20,7 +21,6 @@ def _single_tensor_adabalance(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    *,
     amsbound: bool,
     has_complex: bool,
     lr: float,

@@ -1,7 +1,7 @@
 """The per-tensor scalars of one AdaBalance step: bias corrections and the learning-rate bounds.
 
 Every execution path (per-tensor, multi-tensor, fused) takes its scalars from here, so the bound
-schedule of the paper is written once.
+schedule of the paper is written once; :class:`KernelScalars` names the fused kernel's vector.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["StepScalars", "final_rate", "step_scalars"]
+__all__ = ["HYPER", "KernelScalars", "StepScalars", "final_rate", "kernel_scalars", "step_scalars"]
 
 
 class StepScalars(NamedTuple):
@@ -83,4 +83,79 @@ def step_scalars(
         bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
         lower=lower,
         upper=upper,
+    )
+
+
+class KernelScalars(NamedTuple):
+    """The hyper-parameter vector of one kernel call; the field order is the vector's layout.
+
+    Complements such as ``1 - beta2`` are computed in float64 on the host: ``1 - float32(0.999)``
+    would be off by 1e-5 relative.
+
+    Attributes:
+        eta_scale (float): ``(1 - beta3) * lr / (1 - beta1 ** t)``: the smoothed rate's increment
+            is ``eta_scale / denom``.
+        bias_correction2_sqrt (float): ``sqrt(1 - beta2 ** t)`` (unused with amsbound).
+        lower (float): lower bound of the smoothed rate.
+        upper (float): upper bound of the smoothed rate.
+        one_minus_beta1 (float): the weight of ``g`` in ``m``.
+        beta2 (float): decay rate of ``v``.
+        one_minus_beta2 (float): the weight of ``g * g`` in ``v``.
+        beta3 (float): decay rate of ``s``.
+        eps (float): term added to the denominator.
+        l2 (float): coefficient of the L2 term added to the gradient (0 if decoupled).
+        decay (float): factor of the decoupled weight decay, ``1 - lr * weight_decay`` (else 1).
+        grad_sign (float): ``-1`` to maximize, else ``1``.
+    """
+
+    eta_scale: float
+    bias_correction2_sqrt: float
+    lower: float
+    upper: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    beta3: float
+    eps: float
+    l2: float
+    decay: float
+    grad_sign: float
+
+
+# Each field's position in the vector, read by name in the kernel: HYPER.beta2 is beta2's index.
+HYPER = KernelScalars(*range(len(KernelScalars._fields)))
+
+
+def kernel_scalars(
+    step: float,
+    *,
+    lr: float,
+    base_lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    final_lr: float,
+    gamma: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> KernelScalars:
+    """The kernel's hyper-parameters for tensors at step count ``step`` (after its increment)."""
+    s = step_scalars(
+        step, lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, final_lr=final_lr, gamma=gamma
+    )
+    return KernelScalars(
+        eta_scale=(1 - beta3) * s.step_size,
+        bias_correction2_sqrt=s.bias_correction2_sqrt,
+        lower=s.lower,
+        upper=s.upper,
+        one_minus_beta1=1 - beta1,
+        beta2=beta2,
+        one_minus_beta2=1 - beta2,
+        beta3=beta3,
+        eps=eps,
+        l2=weight_decay if not decoupled_weight_decay else 0.0,
+        decay=1 - lr * weight_decay if decoupled_weight_decay else 1.0,
+        grad_sign=-1.0 if maximize else 1.0,
     )

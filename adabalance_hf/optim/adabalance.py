@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from ._param_checks import check_grads_before_step, check_new_param_group, check
 from ._precision import LOW_PRECISION_DTYPES
 from ._state_dict_checks import load_between_hooks
 from ._validation import validate_before_step, validate_hyperparameters, validate_param_group
-from .functional import _select, adabalance
+from .functional import StepTensors, adabalance
 
 __all__ = ["AdaBalance"]
 
@@ -42,19 +42,6 @@ _OPTION_DEFAULTS = {
     "differentiable": False,
     OPTION: False,
 }
-
-
-_TENSOR_LISTS = (
-    "params",
-    "grads",
-    "exp_avgs",
-    "exp_avg_sqs",
-    "exp_avg_lrs",
-    "max_exp_avg_sqs",
-    "state_steps",
-    "master_params",
-    "low_precision",
-)
 
 
 def _as_float(value: float | Tensor) -> float:
@@ -139,6 +126,17 @@ class AdaBalance(Optimizer):
             run that died on a non-finite batch); steps that ``GradScaler`` skips are not
             counted (its loss-scale calibration skips them routinely). Default: ``False``
 
+    Under ``torch.amp.GradScaler`` the optimizer takes the scaler's ``grad_scale`` and
+    ``found_inf`` itself, as torch's fused Adam does. With ``fused=True`` in every group the
+    kernel divides the gradients by the scale and, where ``found_inf`` is set, writes the old
+    values back: neither tensor is read on the host (on an accelerator, correcting the CPU step
+    counters of a skipped step costs one copy of ``found_inf`` after the kernels are queued).
+    The other paths, and the fused path's single-element or non-contiguous parameters, read
+    ``found_inf`` on the host (one synchronisation) and unscale the gradients in place first.
+    Either way a skipped step changes no parameter, moment, step count or gradient, and a
+    step taken leaves the unscaled gradients in ``.grad``; a skipped fused step creates missing
+    state (zero moments at step 0) and, with ``bf16_stochastic_round``, draws its random bits.
+
     Example:
         >>> # xdoctest: +SKIP
         >>> optimizer = AdaBalance(model.parameters(), lr=1e-3, final_lr=0.1)
@@ -148,8 +146,7 @@ class AdaBalance(Optimizer):
     """
 
     # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
-    # unscaling itself, which also lets fp16 parameters (whose gradients it refuses to unscale)
-    # train under it.
+    # unscaling itself (see the class docstring), which also lets fp16 parameters train under it.
     _step_supports_amp_scaling = True
 
     def __init__(
@@ -275,23 +272,30 @@ class AdaBalance(Optimizer):
         """
         load_between_hooks(self, state_dict, super().load_state_dict, kept_group_keys=(OPTION,))
 
-    def _init_group(self, group: dict[str, Any], tensors: dict[str, list[Tensor]]) -> bool:
+    def _init_group(
+        self, group: dict[str, Any]
+    ) -> tuple[StepTensors, list[Tensor], list[bool], bool]:
         """Create missing state and gather the group's tensors that have a gradient.
 
-        Fills ``tensors`` (parallel lists keyed ``params``, ``grads``, ``exp_avgs``,
-        ``exp_avg_sqs``, ``exp_avg_lrs``, ``max_exp_avg_sqs``, ``state_steps``,
-        ``master_params``, ``low_precision``) and returns whether any parameter is complex.
+        Returns:
+            tuple: ``(tensors, master_params, low_precision, has_complex)``: the parallel lists
+            of the step, the fp32 master copies of the bf16/fp16 parameters among them (in
+            their order; empty without master weights), which of them are bf16/fp16, and
+            whether any is complex.
         """
+        tensors = StepTensors(*([] for _ in StepTensors._fields))  # empty lists
+        master_params: list[Tensor] = []
+        low_precision: list[bool] = []
         has_complex = False
         for param in group["params"]:
             if param.grad is None:
                 continue
             has_complex |= torch.is_complex(param)
-            low_precision = param.dtype in LOW_PRECISION_DTYPES
+            low = param.dtype in LOW_PRECISION_DTYPES
             state = self.state[param]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                state_dtype = torch.float32 if low_precision else param.dtype
+                state_dtype = torch.float32 if low else param.dtype
                 for key in ("exp_avg", "exp_avg_sq", "exp_avg_lr"):
                     state[key] = torch.zeros_like(
                         param, dtype=state_dtype, memory_format=torch.preserve_format
@@ -299,22 +303,22 @@ class AdaBalance(Optimizer):
             if group["amsbound"] and "max_exp_avg_sq" not in state:
                 # Also reached when amsbound is switched on mid-run: the maximum starts now.
                 state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
-            if low_precision and group["master_weights"] and "master_param" not in state:
+            if low and group["master_weights"] and "master_param" not in state:
                 # Also reached after loading a state dict saved without master weights.
                 state["master_param"] = param.detach().to(torch.float32, copy=True)
 
-            tensors["params"].append(param)
-            tensors["grads"].append(param.grad)
-            tensors["exp_avgs"].append(state["exp_avg"])
-            tensors["exp_avg_sqs"].append(state["exp_avg_sq"])
-            tensors["exp_avg_lrs"].append(state["exp_avg_lr"])
+            tensors.params.append(param)
+            tensors.grads.append(param.grad)
+            tensors.exp_avgs.append(state["exp_avg"])
+            tensors.exp_avg_sqs.append(state["exp_avg_sq"])
+            tensors.exp_avg_lrs.append(state["exp_avg_lr"])
             if group["amsbound"]:
-                tensors["max_exp_avg_sqs"].append(state["max_exp_avg_sq"])
-            tensors["state_steps"].append(state["step"])
-            if low_precision and group["master_weights"]:
-                tensors["master_params"].append(state["master_param"])
-            tensors["low_precision"].append(low_precision)  # type: ignore[arg-type]
-        return has_complex
+                tensors.max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            tensors.state_steps.append(state["step"])
+            if low and group["master_weights"]:
+                master_params.append(state["master_param"])
+            low_precision.append(low)
+        return tensors, master_params, low_precision, has_complex
 
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -329,33 +333,34 @@ class AdaBalance(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling): skip a step with
-        # inf/nan gradients entirely, and unscale the gradients of the others.
+        # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling), which has checked
+        # every gradient for inf/nan: skip_nonfinite_grads need not check them again.
+        grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and found_inf.item() != 0:
-            return loss
+        scaler_checked = found_inf is not None
+        if found_inf is not None and not all(group["fused"] for group in self.param_groups):
+            # Without the fused kernel the flag is read on the host (one synchronisation), and
+            # a step with inf/nan gradients returns before anything, state included, is made.
+            if found_inf.item() != 0:
+                return loss
+            found_inf = None
         # Before any group steps (and before the non-finite check reads the gradients): every
         # group's hyper-parameters and gradients, so a bad one fails with nothing modified.
-        validate_before_step(self.param_groups)
+        validate_before_step(self.param_groups, self._validated_hyperparameters())
         check_grads_before_step(self.param_groups)
-        if skip_nonfinite_step(self):  # skip_nonfinite_grads: inf/nan in any gradient
+        if not scaler_checked and skip_nonfinite_step(self):  # inf/nan in any gradient
             return loss
-        grad_scale = getattr(self, "grad_scale", None)
 
         for group in self.param_groups:
-            tensors: dict[str, list[Tensor]] = {key: [] for key in _TENSOR_LISTS}
-            has_complex = self._init_group(group, tensors)
-            if not tensors["params"]:
+            tensors, master_params, low_precision, has_complex = self._init_group(group)
+            if not tensors.params:
                 continue
-            if grad_scale is not None:
-                torch._foreach_mul_(tensors["grads"], 1.0 / grad_scale.item())
-            low_precision = cast(list[bool], tensors.pop("low_precision"))
-            master_params = tensors.pop("master_params")
-            lists = list(tensors.values())
             beta1, beta2 = group["betas"]
             options = dict(
                 foreach=group["foreach"],
                 fused=group["fused"],
+                grad_scale=grad_scale,
+                found_inf=found_inf,
                 has_complex=has_complex,
                 amsbound=group["amsbound"],
                 lr=_as_float(group["lr"]),
@@ -371,13 +376,32 @@ class AdaBalance(Optimizer):
                 maximize=group["maximize"],
                 stochastic_round=group["bf16_stochastic_round"],
             )
-            if not any(low_precision):
-                adabalance(*lists, None, **options)
-                continue
             # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
             native = [not low for low in low_precision]
+            parts: list[tuple[StepTensors, list[Tensor] | None]] = []
             if any(native):
-                adabalance(*_select(lists, native), None, **options)
-            masters = master_params if group["master_weights"] else None
-            adabalance(*_select(lists, low_precision), masters, **options)
+                parts.append((tensors if all(native) else tensors.select(native), None))
+            if any(low_precision):
+                masters = master_params if group["master_weights"] else None
+                parts.append((tensors.select(low_precision), masters))
+            for part, masters in parts:
+                adabalance(
+                    params=part.params,
+                    grads=part.grads,
+                    exp_avgs=part.exp_avgs,
+                    exp_avg_sqs=part.exp_avg_sqs,
+                    exp_avg_lrs=part.exp_avg_lrs,
+                    max_exp_avg_sqs=part.max_exp_avg_sqs,
+                    state_steps=part.state_steps,
+                    master_params=masters,
+                    **options,
+                )
         return loss
+
+    def _validated_hyperparameters(self) -> list[list[Any]]:
+        """The values of each group last found valid (see ``validate_before_step``).
+
+        Kept on the instance only: a copy, an unpickled optimizer or a loaded state dict starts
+        with none, and its first step validates everything once.
+        """
+        return self.__dict__.setdefault("_hyperparameters_found_valid", [])
