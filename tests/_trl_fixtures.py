@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainingArguments
+
+# transformers 5 renamed gradient_checkpointing (now a deprecated alias) to activation_checkpointing
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 SPECIAL = ["<pad>", "<unk>", "<bos>", "<eos>"]
 SUBJECTS = ["the cat", "a dog", "the bird", "my friend", "the teacher", "a child"]
@@ -134,7 +141,6 @@ def trl_kwargs(output_dir: Path | str, **overrides: Any) -> dict[str, Any]:
         disable_tqdm=True,
         dataloader_num_workers=0,
         per_device_train_batch_size=4,
-        activation_checkpointing=False,  # TRL turns it on; gradient_checkpointing is deprecated
         max_steps=4,
         max_length=32,
         learning_rate=1e-2,
@@ -143,6 +149,7 @@ def trl_kwargs(output_dir: Path | str, **overrides: Any) -> dict[str, Any]:
         seed=123,
         dataset_num_proc=None,
     )
+    kwargs[_CHECKPOINTING] = False  # TRL turns it on
     kwargs.update(overrides)
     return kwargs
 

@@ -113,9 +113,10 @@ def test_every_order_accepts_the_names_and_keeps_builtin_ones(tmp_path, cls):
 class TrainerSubclass(Trainer):
     """Another library's Trainer: its own override, which calls super() as overrides do."""
 
-    def create_optimizer(self, model=None):
+    # create_optimizer(self) in transformers 4, create_optimizer(self, model=None) in 5
+    def create_optimizer(self, *args, **kwargs):
         self.created_by_subclass = True
-        return super().create_optimizer(model)
+        return super().create_optimizer(*args, **kwargs)
 
 
 class NamesFirst(AdaBalanceTrainerMixin, TrainerSubclass):
