@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _hf_helpers import args_kwargs, inner_optimizer  # noqa: F401 (re-exported)
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainingArguments
@@ -132,22 +133,12 @@ def dpo_dataset(n: int = 16, seed: int = 1) -> Dataset:
 
 
 def trl_kwargs(output_dir: Path | str, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for a fast, quiet, CPU-only, deterministic TRL config."""
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        per_device_train_batch_size=4,
-        max_steps=4,
-        max_length=32,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        seed=123,
-        dataset_num_proc=None,
+    """Keyword arguments for a fast, quiet, CPU-only, deterministic TRL config.
+
+    The transformers tests' arguments (``_hf_helpers.args_kwargs``), with TRL's own settings.
+    """
+    kwargs = args_kwargs(
+        Path(output_dir), bf16=False, max_steps=4, max_length=32, dataset_num_proc=None
     )
     kwargs[_CHECKPOINTING] = False  # TRL turns it on
     kwargs.update(overrides)
@@ -156,12 +147,6 @@ def trl_kwargs(output_dir: Path | str, **overrides: Any) -> dict[str, Any]:
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
-def inner_optimizer(trainer: Any) -> torch.optim.Optimizer:
-    """The optimizer under accelerate's wrapper."""
-    optimizer = trainer.optimizer
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 def assert_same_state(left: Any, right: Any, where: str = "") -> None:
