@@ -159,24 +159,33 @@ def glue_run(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
     }
 
 
+def gpt2_command(
+    wikitext_dir: str, output_dir: str, optim: str, learning_rate: float | str, steps: int,
+    seed: int, optim_args: str | None = None,
+) -> list[str]:  # fmt: skip
+    """The GPT-2 quality run: ``recipes/gpt2.py`` on WikiText-2 (train test.txt, eval valid.txt)."""
+    wiki = Path(wikitext_dir)
+    command = [
+        sys.executable, str(ROOT / "recipes" / "gpt2.py"),
+        "--train_file", str(wiki / "test.txt"), "--validation_file", str(wiki / "valid.txt"),
+        "--config_overrides", "n_layer=2,n_embd=128,n_head=2,n_positions=128",
+        "--train_tokenizer", "--tokenizer_vocab_size", "8192", "--block_size", "128",
+        "--output_dir", output_dir, "--optim", optim, "--learning_rate", str(learning_rate),
+        "--weight_decay", "0.01", "--warmup_steps", str(steps // 10),
+        "--max_steps", str(steps), "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "32", "--logging_steps", "50", "--save_strategy",
+        "no", "--report_to", "none", "--seed", str(seed), "--use_cpu",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    return command + (["--optim_args", optim_args] if optim_args else [])
+
+
 def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
-    wiki = Path(args.wikitext_dir)
-    lr = {"adamw_torch": "1e-3"}.get(optimizer, "1e-3")
+    lr = "1e-3"
     with tempfile.TemporaryDirectory() as out:
-        command = [
-            sys.executable, str(ROOT / "recipes" / "gpt2.py"),
-            "--train_file", str(wiki / "test.txt"), "--validation_file", str(wiki / "valid.txt"),
-            "--config_overrides", "n_layer=2,n_embd=128,n_head=2,n_positions=128",
-            "--train_tokenizer", "--tokenizer_vocab_size", "8192", "--block_size", "128",
-            "--output_dir", out, "--optim", optimizer, "--learning_rate", lr,
-            "--weight_decay", "0.01", "--warmup_steps", str(args.gpt2_steps // 10),
-            "--max_steps", str(args.gpt2_steps), "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "32", "--logging_steps", "50", "--save_strategy",
-            "no", "--report_to", "none", "--seed", str(seed), "--use_cpu",
-            "--disable_tqdm", "true",
-        ]  # fmt: skip
-        if options.get("optim_args"):
-            command += ["--optim_args", options["optim_args"]]
+        command = gpt2_command(
+            args.wikitext_dir, out, optimizer, lr, args.gpt2_steps, seed, options.get("optim_args")
+        )
         results, wall = _run(command, out)
     return {
         "task": "gpt2-wikitext2",

@@ -44,10 +44,11 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from glue_quality import gpt2_command  # benchmarks/, the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -361,24 +362,13 @@ def glue_run(args, label: str, seed: int) -> dict:
 
 def gpt2_run(args, label: str, seed: int) -> dict:
     optim, optim_args, _ = parse_setting(label)
-    wiki = Path(args.wikitext_dir)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     started = time.time()
     with tempfile.TemporaryDirectory() as out:
-        command = [
-            sys.executable, str(ROOT / "recipes" / "gpt2.py"),
-            "--train_file", str(wiki / "test.txt"), "--validation_file", str(wiki / "valid.txt"),
-            "--config_overrides", "n_layer=2,n_embd=128,n_head=2,n_positions=128",
-            "--train_tokenizer", "--tokenizer_vocab_size", "8192", "--block_size", "128",
-            "--output_dir", out, "--optim", optim, "--learning_rate", str(args.learning_rate),
-            "--weight_decay", "0.01", "--warmup_steps", str(args.steps // 10),
-            "--max_steps", str(args.steps), "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "32", "--logging_steps", "50", "--save_strategy",
-            "no", "--report_to", "none", "--seed", str(seed), "--use_cpu",
-            "--disable_tqdm", "true",
-        ]  # fmt: skip
-        if optim_args:
-            command += ["--optim_args", optim_args]
+        # the quality benchmark's GPT-2 run, so that the two benchmarks' records compare
+        command = gpt2_command(
+            args.wikitext_dir, out, optim, args.learning_rate, args.steps, seed, optim_args
+        )
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"gpt2 recipe failed ({done.returncode}):\n{done.stderr[-4000:]}")
