@@ -1,6 +1,6 @@
 """Crash-safe Trainer checkpoints: resolving ``resume_from_checkpoint`` and rotating.
 
-:class:`~adabalance_hf.integrations.transformers.AdaBalanceTrainer` writes every
+:class:`~adabalance_hf.integrations.transformers.AtomicCheckpointsMixin` writes every
 ``checkpoint-N`` into a staging folder and commits it with
 :func:`adabalance_hf.checkpoint.commit_checkpoint` (manifest of sizes and SHA-256, fsync,
 rename), so a folder named ``checkpoint-N`` is always complete. This module holds the parts that
@@ -85,7 +85,7 @@ def _explicit(value: str) -> str:
             # Written without atomic checkpoints (e.g. by transformers.Trainer): nothing to
             # check it against. It finished its save (trainer_state.json is written last).
             logger.warning(
-                "resume_from_checkpoint=%s has no %s (not written by AdaBalanceTrainer): it "
+                "resume_from_checkpoint=%s has no %s (not written with AtomicCheckpointsMixin): it "
                 "cannot be verified; loading it as is",
                 value, MANIFEST_NAME,
             )  # fmt: skip
@@ -162,8 +162,8 @@ def rotate_trainer_checkpoints(
     Without a limit (``None`` or ``<= 0``) every checkpoint is kept, as in transformers, and
     only the staging folders of killed saves are deleted. With a limit, staging folders and
     checkpoints older than the newest complete one that fail verification (unfinished, damaged,
-    or without a manifest, i.e. not written by ``AdaBalanceTrainer``) are deleted too, and the
-    newest complete checkpoint never is. transformers keeps ``max(save_total_limit, number
+    or without a manifest, i.e. not written with ``AtomicCheckpointsMixin``) are deleted too, and
+    the newest complete checkpoint never is. transformers keeps ``max(save_total_limit, number
     protected)`` checkpoints, the newest and the best protected
     (``transformers.trainer_utils.rotate_checkpoints``), while
     :func:`~adabalance_hf.checkpoint.rotate_checkpoints` keeps the newest ``save_total_limit``
