@@ -1,10 +1,10 @@
 """adabalance-hf: the AdaBalance optimizer for PyTorch and the Hugging Face stack."""
 
-from .optim import AdaBalance, adabalance
+from .optim import AdaBalance, AdaBalance8bit, adabalance
 
 __version__ = "0.1.0"
 
-__all__ = ["AdaBalance", "__version__", "adabalance"]
+__all__ = ["AdaBalance", "AdaBalance8bit", "__version__", "adabalance"]
 
 # The transformers integration, imported on first use so that `import adabalance_hf` does not
 # import transformers.

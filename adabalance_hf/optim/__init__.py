@@ -2,6 +2,7 @@
 
 from ._state_dict_checks import StateDictMismatchError
 from .adabalance import AdaBalance
+from .adabalance_8bit import AdaBalance8bit
 from .functional import adabalance
 
-__all__ = ["AdaBalance", "StateDictMismatchError", "adabalance"]
+__all__ = ["AdaBalance", "AdaBalance8bit", "StateDictMismatchError", "adabalance"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
+from ._blockwise_state import CODE_DTYPES, is_quantized_state, saved_codes
 from ._precision import full_precision_state
 from ._validation import validate_hyperparameters
 
@@ -65,6 +66,7 @@ def load_between_hooks(
     state_dict: Any,
     load: Callable[[Any], None],
     kept_group_keys: Sequence[str] = (),
+    convert: Callable[[], None] | None = None,
 ) -> None:
     """Call ``load(state_dict)``, torch's ``Optimizer.load_state_dict``, with AdaBalance's checks.
 
@@ -86,6 +88,9 @@ def load_between_hooks(
         load (Callable): ``Optimizer.load_state_dict`` bound to ``optimizer``.
         kept_group_keys (sequence of str, optional): group options the loading optimizer keeps.
             Default: ``()``
+        convert (Callable, optional): called after loading, before the user's post-hooks, to
+            bring the loaded state to the optimizer's layout (8-bit codes or fp32).
+            Default: ``None``
     """
     if not isinstance(state_dict, Mapping):
         check_state_dict(optimizer.param_groups, state_dict)  # raises: not a state dict at all
@@ -94,8 +99,11 @@ def load_between_hooks(
 
     def check(_: Optimizer, final: dict[str, Any]) -> None:
         check_state_dict(optimizer.param_groups, final, optimizer.defaults)
-        # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters.
+        # torch casts state to the parameter's dtype: keep fp32 state of bf16/fp16 parameters
+        # and the 8-bit codes.
         fp32_state.update(full_precision_state(optimizer.param_groups, final))
+        for param, codes in saved_codes(optimizer.param_groups, final).items():  # cast too
+            fp32_state.setdefault(param, {}).update(codes)
 
     def fix_up(_: Optimizer) -> None:
         for param, entries in fp32_state.items():
@@ -103,6 +111,8 @@ def load_between_hooks(
         cast_loaded_steps(optimizer.param_groups, optimizer.state)
         for group, values in zip(optimizer.param_groups, kept, strict=True):
             group.update(values)
+        if convert is not None:
+            convert()
 
     # Public API only (no torch private attribute): torch 2.13 runs pre-hooks in registration
     # order, ours last, and post-hooks after loading, ours first (prepend=True).
@@ -252,9 +262,47 @@ def _check_param_state(param_state: Any, param: torch.Tensor, where: str) -> Non
             f"{_NOT_OURS}"
         )
     _check_step(param_state["step"], where)
+    quantized = is_quantized_state(param_state)
     for key in _PER_ELEMENT_KEYS:
-        if key in param_state:
+        if key not in param_state:
+            continue
+        if quantized and key in CODE_DTYPES:
+            _check_codes(param_state, key, param, where)
+        else:
             _check_state_tensor(param_state[key], key, param, where)
+
+
+def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, where: str) -> None:
+    """8-bit codes (AdaBalance8bit): dtype and shape of the codes, shape of their scales."""
+    codes, scale = param_state[key], param_state.get(key + "_scale")
+    if not isinstance(codes, torch.Tensor) or codes.dtype != CODE_DTYPES[key]:
+        found = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is {found}; the state has 8-bit scales, so "
+            f"its codes must be {CODE_DTYPES[key]}. The state dict is damaged"
+        )
+    if codes.shape != param.shape:
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} has shape {tuple(codes.shape)} but the "
+            f"parameter has shape {tuple(param.shape)}; the state dict was saved for another "
+            f"model or another parameter order"
+        )
+    blocks_fit = (
+        isinstance(scale, torch.Tensor)
+        and scale.is_floating_point()
+        and scale.dim() == codes.dim()
+        and scale.shape[:-1] == codes.shape[:-1]
+        and scale.shape[-1] > 0
+        and codes.shape[-1] % scale.shape[-1] == 0
+    )
+    if not blocks_fit:
+        found = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+        raise ValueError(
+            f"{_PREFIX}: state {key + '_scale'!r} of {where} is {found}; for codes of shape "
+            f"{tuple(codes.shape)} it must be floating point of shape (*leading, "
+            f"{codes.shape[-1]} // block_size). The state dict is damaged"
+        )
+    _check_state_tensor(scale, key + "_scale", scale, where)  # meta device, NaN
 
 
 def _check_step(step: Any, where: str) -> None:

@@ -15,6 +15,7 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from ._blockwise_state import dequantize_state, is_quantized_state
 from ._nonfinite import (
     OPTION,
     SKIP_COUNT_KEY,
@@ -23,7 +24,7 @@ from ._nonfinite import (
     skip_nonfinite_step,
 )
 from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
-from ._precision import LOW_PRECISION_DTYPES
+from ._precision import LOW_PRECISION_DTYPES, compute_dtype
 from ._state_dict_checks import load_between_hooks
 from ._validation import validate_before_step, validate_hyperparameters, validate_param_group
 from .functional import StepTensors, adabalance
@@ -187,6 +188,7 @@ class AdaBalance(Optimizer):
             differentiable=False,
             skip_nonfinite_grads=skip_nonfinite_grads,
         )
+        defaults.update(self._subclass_defaults())
         validate_hyperparameters(defaults)
         defaults[SKIP_COUNT_KEY] = 0  # a count, not an option: see nonfinite_steps_skipped
         if fused and foreach:
@@ -270,12 +272,29 @@ class AdaBalance(Optimizer):
                 hyper-parameter, a bad ``step``, tensors of other shapes, on the meta device or
                 holding NaN. After either error the optimizer is unchanged.
         """
-        load_between_hooks(self, state_dict, super().load_state_dict, kept_group_keys=(OPTION,))
+        load_between_hooks(
+            self,
+            state_dict,
+            super().load_state_dict,
+            kept_group_keys=(OPTION, *self._subclass_defaults()),
+            convert=self._convert_loaded_state,
+        )
+
+    def _convert_loaded_state(self) -> None:
+        """After loading: decode 8-bit state (saved by ``AdaBalance8bit``) to fp32 state."""
+        for group in self.param_groups:
+            group.pop("block_size", None)
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state and is_quantized_state(state):
+                    dequantize_state(state, param, compute_dtype(param.dtype))
 
     def _init_group(
         self, group: dict[str, Any]
     ) -> tuple[StepTensors, list[Tensor], list[bool], bool]:
         """Create missing state and gather the group's tensors that have a gradient.
+
+        Steps the parameters :meth:`_fp32_state_params` returns (all of them here).
 
         Returns:
             tuple: ``(tensors, master_params, low_precision, has_complex)``: the parallel lists
@@ -287,9 +306,7 @@ class AdaBalance(Optimizer):
         master_params: list[Tensor] = []
         low_precision: list[bool] = []
         has_complex = False
-        for param in group["params"]:
-            if param.grad is None:
-                continue
+        for param in self._fp32_state_params(group):
             has_complex |= torch.is_complex(param)
             low = param.dtype in LOW_PRECISION_DTYPES
             state = self.state[param]
@@ -338,7 +355,7 @@ class AdaBalance(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         scaler_checked = found_inf is not None
-        if found_inf is not None and not all(group["fused"] for group in self.param_groups):
+        if found_inf is not None and not self._kernel_reads_found_inf():
             # Without the fused kernel the flag is read on the host (one synchronisation), and
             # a step with inf/nan gradients returns before anything, state included, is made.
             if found_inf.item() != 0:
@@ -352,51 +369,69 @@ class AdaBalance(Optimizer):
             return loss
 
         for group in self.param_groups:
-            tensors, master_params, low_precision, has_complex = self._init_group(group)
-            if not tensors.params:
-                continue
-            beta1, beta2 = group["betas"]
-            options = dict(
-                foreach=group["foreach"],
-                fused=group["fused"],
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                has_complex=has_complex,
-                amsbound=group["amsbound"],
-                lr=_as_float(group["lr"]),
-                base_lr=_as_float(group["base_lr"]),
-                beta1=_as_float(beta1),
-                beta2=_as_float(beta2),
-                beta3=_as_float(group["beta3"]),
-                final_lr=_as_float(group["final_lr"]),
-                gamma=_as_float(group["gamma"]),
-                eps=_as_float(group["eps"]),
-                weight_decay=_as_float(group["weight_decay"]),
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                maximize=group["maximize"],
-                stochastic_round=group["bf16_stochastic_round"],
-            )
-            # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
-            native = [not low for low in low_precision]
-            parts: list[tuple[StepTensors, list[Tensor] | None]] = []
-            if any(native):
-                parts.append((tensors if all(native) else tensors.select(native), None))
-            if any(low_precision):
-                masters = master_params if group["master_weights"] else None
-                parts.append((tensors.select(low_precision), masters))
-            for part, masters in parts:
-                adabalance(
-                    params=part.params,
-                    grads=part.grads,
-                    exp_avgs=part.exp_avgs,
-                    exp_avg_sqs=part.exp_avg_sqs,
-                    exp_avg_lrs=part.exp_avg_lrs,
-                    max_exp_avg_sqs=part.max_exp_avg_sqs,
-                    state_steps=part.state_steps,
-                    master_params=masters,
-                    **options,
-                )
+            self._step_group(group, grad_scale=grad_scale, found_inf=found_inf)
         return loss
+
+    def _step_group(
+        self, group: dict[str, Any], *, grad_scale: Tensor | None, found_inf: Tensor | None
+    ) -> None:
+        """Step one param group (``grad_scale``/``found_inf``: GradScaler's, for the kernel)."""
+        tensors, master_params, low_precision, has_complex = self._init_group(group)
+        if not tensors.params:
+            return
+        beta1, beta2 = group["betas"]
+        options = dict(
+            foreach=group["foreach"],
+            fused=group["fused"],
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            has_complex=has_complex,
+            amsbound=group["amsbound"],
+            lr=_as_float(group["lr"]),
+            base_lr=_as_float(group["base_lr"]),
+            beta1=_as_float(beta1),
+            beta2=_as_float(beta2),
+            beta3=_as_float(group["beta3"]),
+            final_lr=_as_float(group["final_lr"]),
+            gamma=_as_float(group["gamma"]),
+            eps=_as_float(group["eps"]),
+            weight_decay=_as_float(group["weight_decay"]),
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            maximize=group["maximize"],
+            stochastic_round=group["bf16_stochastic_round"],
+        )
+        # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
+        native = [not low for low in low_precision]
+        parts: list[tuple[StepTensors, list[Tensor] | None]] = []
+        if any(native):
+            parts.append((tensors if all(native) else tensors.select(native), None))
+        if any(low_precision):
+            masters = master_params if group["master_weights"] else None
+            parts.append((tensors.select(low_precision), masters))
+        for part, masters in parts:
+            adabalance(
+                params=part.params,
+                grads=part.grads,
+                exp_avgs=part.exp_avgs,
+                exp_avg_sqs=part.exp_avg_sqs,
+                exp_avg_lrs=part.exp_avg_lrs,
+                max_exp_avg_sqs=part.max_exp_avg_sqs,
+                state_steps=part.state_steps,
+                master_params=masters,
+                **options,
+            )
+
+    def _subclass_defaults(self) -> dict[str, Any]:
+        """Options a subclass adds to the defaults (and so to every param group)."""
+        return {}
+
+    def _fp32_state_params(self, group: dict[str, Any]) -> list[Tensor]:
+        """The group's parameters with a gradient whose state :meth:`_init_group` keeps."""
+        return [param for param in group["params"] if param.grad is not None]
+
+    def _kernel_reads_found_inf(self) -> bool:
+        """Whether every group's kernel takes GradScaler's ``found_inf`` on the device."""
+        return all(group["fused"] for group in self.param_groups)
 
     def _validated_hyperparameters(self) -> list[list[Any]]:
         """The values of each group last found valid (see ``validate_before_step``).
