@@ -26,6 +26,7 @@ from .optim_names import (
     PAPER_OPTIM_ARGS,
     adabalance_optimizer_names,
     all_optimizer_names,
+    optimizer_class,
 )
 from .optimizer_coverage import TrainableParametersCheck, check_optimizer_holds_trainable_parameters
 from .trainer import AdaBalanceTrainer, AdaBalanceTrainerMixin
@@ -48,6 +49,7 @@ __all__ = [
     "all_optimizer_names",
     "check_optimizer_holds_trainable_parameters",
     "optim_args_keys",
+    "optimizer_class",
     "parse_optim_args",
     "trainer_param_groups",
 ]

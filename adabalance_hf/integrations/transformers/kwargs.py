@@ -14,6 +14,7 @@ from .optim_names import (
     FINE_TUNING_DEFAULTS,
     adabalance_optimizer_names,
     is_adabalance_name,
+    optimizer_class,
     optimizer_name_value,
     variant_kwargs,
 )
@@ -55,9 +56,10 @@ def adabalance_optimizer_kwargs(args: TrainingArguments, **overrides: Any) -> di
         **FINE_TUNING_DEFAULTS,
     }
     name = optimizer_name_value(args.optim)
+    optimizer_cls = optimizer_class(name) if is_adabalance_name(name) else AdaBalance
     if is_adabalance_name(name):
         variant = variant_kwargs(name)
-        options = parse_optim_args(args.optim_args)
+        options = parse_optim_args(args.optim_args, optimizer_cls)
         for key, value in options.items():
             if key in variant and variant[key] != value:
                 raise ValueError(
@@ -68,11 +70,12 @@ def adabalance_optimizer_kwargs(args: TrainingArguments, **overrides: Any) -> di
                 )
         kwargs.update(variant)
         kwargs.update(options)
-    valid = [key for key in inspect.signature(AdaBalance).parameters if key != "params"]
+    valid = [key for key in inspect.signature(optimizer_cls).parameters if key != "params"]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(
-            f"adabalance_optimizer_kwargs: unknown AdaBalance argument(s) {unknown}; valid "
+            f"adabalance_optimizer_kwargs: unknown {optimizer_cls.__name__} argument(s) "
+            f"{unknown}; valid "
             f"arguments: {', '.join(valid)}"
         )
     kwargs.update(overrides)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ...optim import AdaBalance
+from ...optim import AdaBalance, AdaBalance8bit
 
 __all__ = ["optim_args_keys", "parse_optim_args"]
 
@@ -43,6 +43,14 @@ def _to_bool(key: str, text: str) -> bool:
     raise ValueError(f"optim_args: {key}={text!r} is not a bool; write {key}=true or {key}=false")
 
 
+def _to_positive_int(key: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"optim_args: {key}={text!r} is not a positive integer; write e.g. {key}=256"
+        )
+    return int(text)
+
+
 def _to_optional_bool(key: str, text: str) -> bool | None:
     if text.lower() in _NONE:
         return None
@@ -67,6 +75,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "foreach": _to_optional_bool,
     "fused": _to_optional_bool,
     "skip_nonfinite_grads": _to_bool,
+    "block_size": _to_positive_int,
 }
 
 # Hyper-parameters that have their own TrainingArguments field: setting them twice is an error.
@@ -146,9 +155,11 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
                 f"{_OWN_FIELDS[key]}, not through optim_args; remove {key}={value} from optim_args"
             )
         if key not in valid_keys:
+            only_8bit = key in _CONVERTERS and key in optim_args_keys(AdaBalance8bit)
+            hint = " (it belongs to the *_8bit names, e.g. optim=adabalance_8bit)" * only_8bit
             raise ValueError(
-                f"optim_args: unknown key {key!r} for AdaBalance; valid keys: "
-                f"{', '.join(valid_keys)}"
+                f"optim_args: unknown key {key!r} for {optimizer_cls.__name__}{hint}; valid "
+                f"keys: {', '.join(valid_keys)}"
             )
         if key in parsed:
             raise ValueError(f"optim_args: key {key!r} is given more than once in {text!r}")

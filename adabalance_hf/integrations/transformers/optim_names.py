@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers.training_args import OptimizerNames, TrainingArguments
 
-from ...optim import AdaBalance
+from ...optim import AdaBalance, AdaBalance8bit
 
 __all__ = [
     "FINE_TUNING_DEFAULTS",
@@ -26,6 +26,7 @@ __all__ = [
     "check_optimizer_name",
     "default_optimizer_name",
     "is_adabalance_name",
+    "optimizer_class",
     "optimizer_name_value",
     "variant_kwargs",
 ]
@@ -47,6 +48,13 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "adabalancew_amsbound": {"decoupled_weight_decay": True, "amsbound": True},
     "adabalance_fused": {"fused": True},
     "adabalancew_fused": {"decoupled_weight_decay": True, "fused": True},
+    "adabalance_8bit": {},
+    "adabalancew_8bit": {"decoupled_weight_decay": True},
+}
+# Names whose optimizer is not AdaBalance itself.
+_CLASSES: dict[str, type] = {
+    "adabalance_8bit": AdaBalance8bit,
+    "adabalancew_8bit": AdaBalance8bit,
 }
 
 
@@ -62,8 +70,25 @@ def adabalance_optimizer_names(optimizer_cls: type = AdaBalance) -> tuple[str, .
             variants exist (a variant is listed only if every keyword it sets is accepted).
             Default: :class:`~adabalance_hf.AdaBalance`
     """
-    accepted = _accepted_keywords(optimizer_cls)
-    return tuple(name for name, kwargs in _VARIANTS.items() if set(kwargs) <= accepted)
+    return tuple(
+        name
+        for name, kwargs in _VARIANTS.items()
+        if set(kwargs) <= _accepted_keywords(_CLASSES.get(name, optimizer_cls))
+    )
+
+
+def optimizer_class(name: str | OptimizerNames) -> type:
+    """Return the optimizer class of an AdaBalance optimizer name.
+
+    Args:
+        name (str or OptimizerNames): an AdaBalance optimizer name, e.g. ``"adabalance_8bit"``.
+
+    Returns:
+        type: :class:`~adabalance_hf.AdaBalance8bit` for the ``*_8bit`` names, else
+        :class:`~adabalance_hf.AdaBalance`.
+    """
+    variant_kwargs(name)  # raises for a name that is not ours
+    return _CLASSES.get(optimizer_name_value(name), AdaBalance)
 
 
 def builtin_optimizer_names() -> tuple[str, ...]:

@@ -16,12 +16,12 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from ...distributed.launch_checks import check_trainer_launch
-from ...optim import AdaBalance, StateDictMismatchError
+from ...optim import StateDictMismatchError
 from ._mixin import OrderFreeMixin
 from ._private_api import LOAD_OPTIMIZER_AND_SCHEDULER
 from .callback import AdaBalanceDiagnosticsCallback, add_diagnostics_callback
 from .kwargs import adabalance_optimizer_kwargs
-from .optim_names import is_adabalance_name
+from .optim_names import is_adabalance_name, optimizer_class
 from .optimizer_coverage import TrainableParametersCheck
 
 __all__ = ["AdaBalanceTrainer", "AdaBalanceTrainerMixin"]
@@ -49,11 +49,12 @@ def _get_optimizer_cls_and_kwargs(
         model (nn.Module, optional): the model; needed by some built-in optimizers.
 
     Returns:
-        tuple: ``(AdaBalance, adabalance_optimizer_kwargs(args))`` for an AdaBalance name, else
+        tuple: ``(AdaBalance or AdaBalance8bit, adabalance_optimizer_kwargs(args))`` for an
+        AdaBalance name, else
         what ``Trainer.get_optimizer_cls_and_kwargs`` returns.
     """
     if is_adabalance_name(args.optim):
-        return AdaBalance, adabalance_optimizer_kwargs(args)
+        return optimizer_class(args.optim), adabalance_optimizer_kwargs(args)
     return parent(args, model)
 
 
