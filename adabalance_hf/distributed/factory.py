@@ -22,8 +22,8 @@ Sharding = Literal["none", "zero1", "fsdp2"]
 _SHARDINGS = ("none", "zero1", "fsdp2")
 
 
-def _adabalance_arguments() -> list[str]:
-    return [name for name in inspect.signature(AdaBalance).parameters if name != "params"]
+def _adabalance_arguments(optimizer_class: type[AdaBalance] = AdaBalance) -> list[str]:
+    return [name for name in inspect.signature(optimizer_class).parameters if name != "params"]
 
 
 def _is_dtensor(param: Tensor) -> bool:
@@ -126,6 +126,7 @@ def create_optimizer(
     process_group: dist.ProcessGroup | None = None,
     trainer_cls: type | None = None,
     check_setup: bool | Literal["warn", "error"] = True,
+    optimizer_class: type[AdaBalance] = AdaBalance,
     **adabalance_kwargs: Any,
 ) -> AdaBalance | ZeroRedundancyOptimizer:
     """Build AdaBalance for ``model`` with transformers-style decay / no-decay parameter groups.
@@ -161,8 +162,11 @@ def create_optimizer(
             requested engine; ``"error"``: raise :class:`DistributedSetupError` instead (for
             scripts that must not train on a wrong launch, like the recipes); ``False``: no
             check. Default: ``True``
-        **adabalance_kwargs: other :class:`~adabalance_hf.AdaBalance` arguments
-            (``final_lr``, ``gamma``, ``betas``, ``foreach``, ``fused``, ...).
+        optimizer_class (type, optional): :class:`~adabalance_hf.AdaBalance` or
+            :class:`~adabalance_hf.AdaBalance8bit` (8-bit state; it takes ``block_size``).
+            Default: :class:`~adabalance_hf.AdaBalance`
+        **adabalance_kwargs: other arguments of ``optimizer_class`` (``final_lr``, ``gamma``,
+            ``betas``, ``foreach``, ``fused``, ...).
 
     Returns:
         AdaBalance or ZeroRedundancyOptimizer: the optimizer.
@@ -177,13 +181,18 @@ def create_optimizer(
         DistributedSetupError: with ``check_setup="error"``, if :func:`check_launch` finds a
             problem (the message names each and its fix).
     """
-    valid = _adabalance_arguments()
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, AdaBalance)):
+        raise TypeError(
+            f"create_optimizer: `optimizer_class` must be AdaBalance or a subclass such as "
+            f"AdaBalance8bit, got {optimizer_class!r}"
+        )
+    valid = _adabalance_arguments(optimizer_class)
     unknown = sorted(set(adabalance_kwargs) - set(valid))
     if unknown:
         raise TypeError(
-            f"create_optimizer: unknown argument(s) {unknown}; AdaBalance accepts "
-            f"{', '.join(valid)} (and create_optimizer: model, lr, weight_decay, no_decay, "
-            f"sharding, process_group, trainer_cls, check_setup)"
+            f"create_optimizer: unknown argument(s) {unknown}; {optimizer_class.__name__} "
+            f"accepts {', '.join(valid)} (and create_optimizer: model, lr, weight_decay, "
+            f"no_decay, sharding, process_group, trainer_cls, check_setup, optimizer_class)"
         )
     if not isinstance(check_setup, bool) and check_setup not in ("warn", "error"):
         raise ValueError(
@@ -211,7 +220,7 @@ def create_optimizer(
         action = "error" if check_setup == "error" else "warn"
         check_launch(sharded_model=any(sharded), stacklevel=3, action=action)
     if sharding != "zero1":
-        return AdaBalance(groups, lr=lr, **adabalance_kwargs)
+        return optimizer_class(groups, lr=lr, **adabalance_kwargs)
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
@@ -229,7 +238,7 @@ def create_optimizer(
 
     return ZeroRedundancyOptimizer(
         groups,
-        optimizer_class=AdaBalance,
+        optimizer_class=optimizer_class,
         process_group=process_group,
         lr=lr,
         **adabalance_kwargs,

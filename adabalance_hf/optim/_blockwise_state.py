@@ -10,6 +10,7 @@ its state sharded the same way, and DCP re-shards it (2 ranks saved, 1 loads) li
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,14 +20,15 @@ from ._blockwise import decode_signed, decode_unsigned, encode_signed, encode_un
 
 __all__ = [
     "CODE_DTYPES",
+    "MIN_BLOCK_SIZE",
     "MIN_QUANTIZED_NUMEL",
     "dequantize_state",
     "is_quantized_state",
     "new_quantized_state",
-    "quantizable",
     "quantize_state",
     "saved_block_size",
     "saved_codes",
+    "tensor_block_size",
 ]
 
 #: Parameters with fewer elements keep fp32 state (biases, norm weights, small heads): their state
@@ -54,24 +56,32 @@ def _last_dim_sharded(param: Tensor) -> bool:
     return any(getattr(p, "dim", None) in (-1, param.dim() - 1) for p in placements)
 
 
-def quantizable(param: Tensor, block_size: int) -> bool:
-    """Whether ``param`` gets block-wise 8-bit state; otherwise its state stays fp32.
+#: The smallest block :func:`tensor_block_size` falls back to.
+MIN_BLOCK_SIZE = 32
 
-    It must be a real floating-point tensor of at least :data:`MIN_QUANTIZED_NUMEL` elements
-    and two dimensions whose last dimension (not sharded, for a DTensor) is a multiple of
-    ``block_size``.
+
+def tensor_block_size(param: Tensor, block_size: int) -> int | None:
+    """The block size of ``param``'s 8-bit state, or ``None`` if its state stays fp32.
+
+    It is ``block_size`` if that divides the last dimension, else their greatest common divisor
+    if it is at least :data:`MIN_BLOCK_SIZE` (or ``block_size``, if smaller): ``block_size=128``
+    gives a last dimension of 96 blocks of 32. The parameter must be a real floating-point
+    tensor of at least :data:`MIN_QUANTIZED_NUMEL` elements and two dimensions whose last
+    dimension is not sharded (for a DTensor).
 
     Args:
         param (Tensor): the parameter.
-        block_size (int): elements per block.
+        block_size (int): the requested elements per block.
     """
-    return (
+    if not (
         param.is_floating_point()
         and param.dim() >= 2
         and param.numel() >= MIN_QUANTIZED_NUMEL
-        and param.shape[-1] % block_size == 0
         and not _last_dim_sharded(param)
-    )
+    ):
+        return None
+    block = math.gcd(param.shape[-1], block_size)
+    return block if block >= min(block_size, MIN_BLOCK_SIZE) else None
 
 
 def is_quantized_state(state: dict[str, Any]) -> bool:

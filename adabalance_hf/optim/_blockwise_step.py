@@ -182,7 +182,7 @@ def _blockwise_adabalance(
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
     seed_salts: list[int],
-    block_size: int,
+    block_sizes: list[int],
     fused: bool,
     amsbound: bool,
     lr: float,
@@ -202,9 +202,9 @@ def _blockwise_adabalance(
 
     The lists are parallel, as in :func:`~adabalance_hf.optim.functional.adabalance`; the
     ``*_scales`` hold each code tensor's per-block scales, shaped like the parameter with the
-    last dimension divided by ``block_size``. ``seed_salts`` distinguish the rounding noise of
-    tensors of the same shape. Gradients must already be unscaled (GradScaler is handled by the
-    optimizer class).
+    last dimension divided by the tensor's entry of ``block_sizes``. ``seed_salts`` distinguish
+    the rounding noise of tensors of the same shape. Gradients must already be unscaled
+    (GradScaler is handled by the optimizer class).
     """
     if not params:
         return
@@ -212,6 +212,7 @@ def _blockwise_adabalance(
     hyper_cache: dict[tuple[float, torch.device], Tensor] = {}
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
+        block_size = block_sizes[i]
         key = (step, param.device)
         if key not in hyper_cache:
             scalars = kernel_scalars(

@@ -15,9 +15,9 @@ from ._blockwise_state import (
     dequantize_state,
     is_quantized_state,
     new_quantized_state,
-    quantizable,
     quantize_state,
     saved_block_size,
+    tensor_block_size,
 )
 from ._blockwise_step import _blockwise_adabalance
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
@@ -39,7 +39,7 @@ def check_block_size(block_size: Any, where: str = "AdaBalance8bit") -> int:
     ):
         raise ValueError(
             f"{where}: Invalid block_size: {block_size!r}; it must be a positive integer (the "
-            f"number of elements that share one scale, e.g. block_size=256), and parameters "
+            f"number of elements that share one scale, e.g. block_size=128), and parameters "
             f"whose last dimension is a multiple of it get 8-bit state"
         )
     return int(block_size)
@@ -49,8 +49,8 @@ class AdaBalance8bit(AdaBalance):
     r"""AdaBalance with its three states block-wise quantized to 8 bits.
 
     The algorithm, arguments and defaults are :class:`AdaBalance`'s; the state is stored in one
-    byte per element plus one fp32 scale per ``block_size`` elements (3.05 bytes per parameter at
-    ``block_size=256`` against 12 in fp32; AdamW needs 8), and decoded to fp32 for each step's
+    byte per element plus one fp32 scale per ``block_size`` elements (3.09 bytes per parameter at
+    ``block_size=128`` against 12 in fp32; AdamW needs 8), and decoded to fp32 for each step's
     arithmetic:
 
     * ``exp_avg`` (``int8``): sign and a 7-bit floating-point code (4 exponent, 3 mantissa bits)
@@ -62,10 +62,12 @@ class AdaBalance8bit(AdaBalance):
       run repeats an uninterrupted one bitwise.
 
     Each parameter moves by the unrounded fp32 ``m`` and ``s`` of its step; only what is stored
-    is rounded. Parameters with fewer than 4,096 elements, 1-D ones, complex ones, and those
-    whose last dimension is not a multiple of ``block_size`` (or is sharded) keep fp32 state, as
-    torchao's 8-bit optimizers keep small tensors; the first step warns if they hold more than
-    5% of the elements.
+    is rounded. Blocks run along the last dimension; where ``block_size`` does not divide it, a
+    tensor's blocks are their greatest common divisor if that is at least 32 (so 128 serves
+    widths 384, 768 and 96). Parameters with fewer than 4,096 elements, 1-D ones, complex ones,
+    and those with no such block (or a sharded last dimension) keep fp32 state, as torchao's
+    8-bit optimizers keep small tensors; the first step warns if they hold more than 5% of the
+    elements.
 
     ``fused=True`` (the default, ``None``) runs one ``torch.compile``-generated kernel per tensor
     (CPU and CUDA; the first step compiles); ``fused=False`` runs the same arithmetic eagerly.
@@ -91,8 +93,8 @@ class AdaBalance8bit(AdaBalance):
         weight_decay (float, optional): weight decay coefficient. Default: ``0``
         amsbound (bool, optional): use the running maximum of ``v`` (stored in 8 bits too,
             rounded to nearest). Default: ``False``
-        block_size (int, optional): elements per scale, along the last dimension.
-            Default: ``256``
+        block_size (int, optional): elements per scale, along the last dimension (see above for
+            dimensions it does not divide). Default: ``128``
         decoupled_weight_decay (bool, optional): AdamW-style weight decay. Default: ``False``
         maximize (bool, optional): maximize the objective. Default: ``False``
         foreach (bool, optional): must be ``None`` or ``False``. Default: ``None``
@@ -107,7 +109,7 @@ class AdaBalance8bit(AdaBalance):
 
     Example:
         >>> # xdoctest: +SKIP
-        >>> optimizer = AdaBalance8bit(model.parameters(), lr=1e-4, block_size=256)
+        >>> optimizer = AdaBalance8bit(model.parameters(), lr=1e-4, block_size=128)
     """
 
     def __init__(
@@ -122,7 +124,7 @@ class AdaBalance8bit(AdaBalance):
         weight_decay: float = 0,
         amsbound: bool = False,
         *,
-        block_size: int = 256,
+        block_size: int = 128,
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -179,13 +181,13 @@ class AdaBalance8bit(AdaBalance):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_fallback_checked", True)
-        self.__dict__.setdefault("_block_size", self.defaults.get("block_size", 256))
+        self.__dict__.setdefault("_block_size", self.defaults.get("block_size", 128))
 
     def _quantized(self, group: dict[str, Any], param: Tensor) -> bool:
         state = self.state.get(param)
         if state and "exp_avg" in state:
             return is_quantized_state(state)
-        return quantizable(param, group["block_size"])
+        return tensor_block_size(param, group["block_size"]) is not None
 
     def _fp32_state_params(self, group: dict[str, Any]) -> list[Tensor]:
         return [p for p in super()._fp32_state_params(group) if not self._quantized(group, p)]
@@ -210,11 +212,10 @@ class AdaBalance8bit(AdaBalance):
     def _step_quantized(
         self, group: dict[str, Any], positions: list[int], grad_scale: Tensor | None
     ) -> None:
-        block_size = group["block_size"]
         names = ("params", "grads", "state_steps", "master_params")
         names += tuple(key + "s" for key in CODE_DTYPES)
         names += tuple(key + "_scales" for key in CODE_DTYPES)
-        lists: dict[str, list[Tensor]] = {name: [] for name in names}
+        lists: dict[str, list[Any]] = {name: [] for name in (*names, "block_sizes")}
         group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
         salts = [group_index << 20 | position for position in positions]
         for position in positions:
@@ -222,6 +223,11 @@ class AdaBalance8bit(AdaBalance):
             state = self.state[param]
             if "step" not in state:
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            if "exp_avg" in state:
+                block_size = saved_block_size(state)
+            else:
+                block_size = tensor_block_size(param, group["block_size"])
+            lists["block_sizes"].append(block_size)
             for key in CODE_DTYPES:
                 if key not in state and (key != "max_exp_avg_sq" or group["amsbound"]):
                     state.update(new_quantized_state(param, key, block_size))
@@ -249,7 +255,7 @@ class AdaBalance8bit(AdaBalance):
     def _step_quantized_split(
         self,
         group: dict[str, Any],
-        lists: dict[str, list[Tensor]],
+        lists: dict[str, list[Any]],
         masters: list[Tensor],
         salts: list[int],
     ) -> None:
@@ -265,7 +271,7 @@ class AdaBalance8bit(AdaBalance):
     def _run(
         self,
         group: dict[str, Any],
-        lists: dict[str, list[Tensor]],
+        lists: dict[str, list[Any]],
         masters: list[Tensor] | None,
         salts: list[int],
     ) -> None:
@@ -274,7 +280,6 @@ class AdaBalance8bit(AdaBalance):
             **lists,
             master_params=masters,
             seed_salts=salts,
-            block_size=group["block_size"],
             fused=group["fused"],
             amsbound=group["amsbound"],
             lr=_as_float(group["lr"]),
@@ -297,7 +302,7 @@ class AdaBalance8bit(AdaBalance):
             (tuple(p.shape), group["block_size"])
             for group in self.param_groups
             for p in group["params"]
-            if not quantizable(p, group["block_size"])
+            if tensor_block_size(p, group["block_size"]) is None
         ]
         total = sum(p.numel() for group in self.param_groups for p in group["params"])
         kept_numel = sum(torch.Size(shape).numel() for shape, _ in kept)
@@ -306,9 +311,9 @@ class AdaBalance8bit(AdaBalance):
             warnings.warn(
                 f"AdaBalance8bit keeps fp32 state for {kept_numel / total:.0%} of the elements "
                 f"(largest: {[shape for shape, _ in largest]}): 8-bit state needs at least 2 "
-                f"dimensions, 4096 elements and a last dimension that is a multiple of "
-                f"block_size={largest[0][1]} (and not sharded). Pick a block_size that divides "
-                f"the last dimensions, e.g. 64 or 128",
+                f"dimensions, 4096 elements and a last dimension (not sharded) that shares a "
+                f"divisor of at least 32 with block_size={largest[0][1]}. Pick a block_size "
+                f"that divides the last dimensions, e.g. 64",
                 UserWarning,
                 stacklevel=4,
             )
@@ -321,10 +326,8 @@ class AdaBalance8bit(AdaBalance):
                 state = self.state.get(param)
                 if not state or "exp_avg" not in state:
                     continue
-                wanted = quantizable(param, group["block_size"])
-                if is_quantized_state(state) and (
-                    not wanted or saved_block_size(state) != group["block_size"]
-                ):
+                wanted = tensor_block_size(param, group["block_size"])
+                if is_quantized_state(state) and saved_block_size(state) != wanted:
                     dequantize_state(state, param, compute_dtype(param.dtype))
-                if wanted and not is_quantized_state(state):
-                    quantize_state(state, param, group["block_size"])
+                if wanted is not None and not is_quantized_state(state):
+                    quantize_state(state, param, wanted)
