@@ -17,6 +17,8 @@ resident-set high-water mark (``VmHWM`` in ``/proc/self/status``, reset by writi
 
 CUDA method: ``torch.cuda.max_memory_allocated()`` after ``torch.cuda.reset_peak_memory_stats()``,
 minus ``torch.cuda.memory_allocated()`` at the start.
+
+:func:`state_bytes` counts an optimizer's state, through tensor subclasses (8-bit states).
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
+from torch.optim import Optimizer
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["peak_extra_bytes", "peak_extra_bytes_cpu", "peak_extra_bytes_cuda", "self_check"]
+__all__ = [
+    "peak_extra_bytes",
+    "peak_extra_bytes_cpu",
+    "peak_extra_bytes_cuda",
+    "self_check",
+    "state_bytes",
+]
 
 
 def _memory_deltas(prof: profile) -> list[tuple[int, int]]:
@@ -98,6 +109,38 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     if device.type == "cuda":
         return peak_extra_bytes_cuda(fn, device)
     return peak_extra_bytes_cpu(fn)
+
+
+def _storages(value: Any) -> list[Tensor]:
+    """Plain tensors holding ``value``'s data: a tensor subclass through its inner tensors."""
+    if not torch.is_tensor(value):
+        return []
+    if type(value) in (Tensor, torch.nn.Parameter) or not hasattr(value, "__tensor_flatten__"):
+        return [value]
+    return [t for name in value.__tensor_flatten__()[0] for t in _storages(getattr(value, name))]
+
+
+def state_bytes(optimizer: Optimizer) -> int:
+    """Bytes of an optimizer's state: every tensor in ``optimizer.state``, counted whole.
+
+    Tensor subclasses are counted through their inner tensors (``__tensor_flatten__``): for
+    torchao's ``OptimState8bit`` its ``codes``, ``scale`` and ``qmap``, not ``numel`` times the
+    nominal dtype. 0-dim step counters are included; a piece of memory held by several entries
+    (a shared code table) is counted once; Python numbers (bitsandbytes' ``step``) are not.
+
+    Args:
+        optimizer: an optimizer after at least one step (its state exists).
+
+    Returns:
+        The total in bytes.
+    """
+    pieces = {
+        (t.data_ptr(), t.numel() * t.element_size())
+        for param_state in optimizer.state.values()
+        for value in param_state.values()
+        for t in _storages(value)
+    }
+    return sum(nbytes for _, nbytes in pieces)
 
 
 def _proc_status_bytes(key: str) -> int | None:
