@@ -13,9 +13,10 @@ keeps that structure and cost so that the benchmark has an honest baseline:
 
 The arithmetic follows the equations of the spec (``eta = (lr / bc1) / (sqrt(v / bc2) + eps)``,
 ``s = beta3 * s + (1 - beta3) * eta``, ``p -= clamp(s, lower, upper) * m``), so its results match
-``adabalance_hf.AdaBalance`` up to rounding; the benchmark checks that before timing it. This is a
-baseline for speed and memory only: it keeps the reference's other defects (``gamma == 0``
-divides by zero, groups added later are never stepped) and is not part of the package.
+``adabalance_hf.AdaBalance`` up to rounding: ``tests/test_reference_code.py`` checks it against the
+spec's float64 oracle. This is a baseline for speed and memory only: it keeps the reference's
+other defects (``gamma == 0`` divides by zero, groups added later are never stepped) and is not
+part of the package.
 """
 
 from __future__ import annotations
