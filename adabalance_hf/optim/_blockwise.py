@@ -143,14 +143,19 @@ def decode_unsigned(codes: Tensor, scale: Tensor) -> Tensor:
     return _magnitude_value(codes.to(torch.int32), _UNSIGNED_OFFSET) * scale
 
 
-def step_seed(step: int, salt: int = 0) -> int:
+def step_seed(step: int, offset: int = 0) -> int:
     """The 32-bit seed of :func:`rounding_noise` for a tensor at step count ``step``.
+
+    The noise depends on the step and the element's index only, so a tensor rounds the same
+    whichever optimizer, param group or rank (ZeroRedundancyOptimizer) holds it.
 
     Args:
         step (int): the tensor's step count after this step's increment.
-        salt (int, optional): distinguishes streams of the same step. Default: ``0``
+        offset (int, optional): the index of the tensor's first element in the whole tensor (a
+            DTensor shard's offset), so that a shard draws the noise the whole tensor would.
+            Default: ``0``
     """
-    return (step * 0x9E3779B1 + salt * 0x85EBCA6B) & _MASK32
+    return (step * 0x9E3779B1 + offset) & _MASK32
 
 
 def rounding_noise(index: Tensor, seed: Tensor | int) -> Tensor:

@@ -163,6 +163,21 @@ def _local(tensor: Tensor) -> Tensor:
     return to_local() if to_local is not None else tensor
 
 
+def _global_offset(param: Tensor) -> int:
+    """Flat index, in the whole tensor, of a DTensor shard's first element (0 for a tensor)."""
+    if not hasattr(param, "placements"):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offsets = compute_local_shape_and_global_offset(
+        param.shape, param.device_mesh, param.placements
+    )
+    # Shards of a dimension before the last cover whole trailing rows (the last is never
+    # sharded for 8-bit state), so the offset of the first element is the row-major index.
+    stride = torch.empty(param.shape, device="meta").stride()
+    return sum(o * s for o, s in zip(offsets, stride, strict=True))
+
+
 def _blocks(tensor: Tensor, block_size: int) -> Tensor:
     return _local(tensor).view(-1, block_size)
 
@@ -181,7 +196,6 @@ def _blockwise_adabalance(
     max_exp_avg_sq_scales: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    seed_salts: list[int],
     block_sizes: list[int],
     fused: bool,
     amsbound: bool,
@@ -202,9 +216,8 @@ def _blockwise_adabalance(
 
     The lists are parallel, as in :func:`~adabalance_hf.optim.functional.adabalance`; the
     ``*_scales`` hold each code tensor's per-block scales, shaped like the parameter with the
-    last dimension divided by the tensor's entry of ``block_sizes``. ``seed_salts`` distinguish
-    the rounding noise of tensors of the same shape. Gradients must already be unscaled
-    (GradScaler is handled by the optimizer class).
+    last dimension divided by the tensor's entry of ``block_sizes``. Gradients must already be
+    unscaled (GradScaler is handled by the optimizer class).
     """
     if not params:
         return
@@ -230,7 +243,7 @@ def _blockwise_adabalance(
                 maximize=maximize,
             )
             hyper_cache[key] = torch.tensor(scalars, dtype=torch.float32, device=param.device)
-        seed = torch.tensor(step_seed(int(step), seed_salts[i]), device=param.device)
+        seed = torch.tensor(step_seed(int(step), _global_offset(param)), device=param.device)
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _blocks(master_params[i], block_size)
         else:

@@ -216,8 +216,6 @@ class AdaBalance8bit(AdaBalance):
         names += tuple(key + "s" for key in CODE_DTYPES)
         names += tuple(key + "_scales" for key in CODE_DTYPES)
         lists: dict[str, list[Any]] = {name: [] for name in (*names, "block_sizes")}
-        group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
-        salts = [group_index << 20 | position for position in positions]
         for position in positions:
             param = group["params"][position]
             state = self.state[param]
@@ -248,16 +246,15 @@ class AdaBalance8bit(AdaBalance):
         masters = lists.pop("master_params")
         mixed = 0 < len(masters) < len(positions)
         if mixed:  # some bf16/fp16 parameters with master copies, some fp32: two calls
-            self._step_quantized_split(group, lists, masters, salts)
+            self._step_quantized_split(group, lists, masters)
             return
-        self._run(group, lists, masters or None, salts)
+        self._run(group, lists, masters or None)
 
     def _step_quantized_split(
         self,
         group: dict[str, Any],
         lists: dict[str, list[Any]],
         masters: list[Tensor],
-        salts: list[int],
     ) -> None:
         low = [p.dtype in LOW_PRECISION_DTYPES for p in lists["params"]]
         for keep, part_masters in ((low, masters), ([not x for x in low], None)):
@@ -265,21 +262,18 @@ class AdaBalance8bit(AdaBalance):
                 name: [t for t, k in zip(values, keep, strict=True) if k] if values else values
                 for name, values in lists.items()
             }
-            part_salts = [s for s, k in zip(salts, keep, strict=True) if k]
-            self._run(group, part, part_masters, part_salts)
+            self._run(group, part, part_masters)
 
     def _run(
         self,
         group: dict[str, Any],
         lists: dict[str, list[Any]],
         masters: list[Tensor] | None,
-        salts: list[int],
     ) -> None:
         beta1, beta2 = group["betas"]
         _blockwise_adabalance(
             **lists,
             master_params=masters,
-            seed_salts=salts,
             fused=group["fused"],
             amsbound=group["amsbound"],
             lr=_as_float(group["lr"]),
