@@ -11,20 +11,38 @@ Several processes write one checkpoint with :func:`collective_checkpoint` (only 
 prepares, manifests and renames). A lock file per checkpoint makes a second process that writes
 the same checkpoint at the same time (a misconfigured launch) fail with
 :class:`ConcurrentCheckpointError` instead of deleting the first one's files.
+
+For accelerate scripts: :func:`save_accelerate_checkpoint` / :func:`load_accelerate_checkpoint`
+(``accelerator.save_state`` committed atomically, with rotation), :func:`resolve_resume_checkpoint`
+(``--resume_from_checkpoint auto`` or a verified folder) and :class:`StopSignals` (save and stop
+on SIGINT/SIGTERM).
 """
 
+from .accelerate_checkpoint import (
+    PROGRESS_NAME,
+    CheckpointSaveError,
+    StopSignals,
+    load_accelerate_checkpoint,
+    save_accelerate_checkpoint,
+)
 from .atomic import atomic_checkpoint, commit_checkpoint, prepare_staging, staging_dir
 from .collective import CollectiveCheckpointError, collective_checkpoint
 from .discovery import checkpoint_step, find_checkpoints, latest_complete_checkpoint
 from .lock import ConcurrentCheckpointError, checkpoint_lock, lock_path
 from .manifest import MANIFEST_NAME, CheckpointError, verify_checkpoint, write_manifest
+from .resume import AUTO, ResumeError, resolve_resume_checkpoint
 from .rotation import rotate_checkpoints
 
 __all__ = [
+    "AUTO",
     "MANIFEST_NAME",
+    "PROGRESS_NAME",
     "CheckpointError",
+    "CheckpointSaveError",
     "CollectiveCheckpointError",
     "ConcurrentCheckpointError",
+    "ResumeError",
+    "StopSignals",
     "atomic_checkpoint",
     "checkpoint_lock",
     "checkpoint_step",
@@ -32,9 +50,12 @@ __all__ = [
     "commit_checkpoint",
     "find_checkpoints",
     "latest_complete_checkpoint",
+    "load_accelerate_checkpoint",
     "lock_path",
     "prepare_staging",
+    "resolve_resume_checkpoint",
     "rotate_checkpoints",
+    "save_accelerate_checkpoint",
     "staging_dir",
     "verify_checkpoint",
     "write_manifest",
