@@ -22,6 +22,7 @@ __all__ = [
     "CODE_DTYPES",
     "MIN_BLOCK_SIZE",
     "MIN_QUANTIZED_NUMEL",
+    "decoded_state",
     "dequantize_state",
     "is_quantized_state",
     "new_quantized_state",
@@ -194,3 +195,22 @@ def saved_codes(param_groups: list[dict], state_dict: dict) -> dict[Tensor, dict
                 if key in saved_state
             }
     return restored
+
+
+def decoded_state(state: dict[str, Any], key: str) -> Tensor:
+    """The values of state ``key`` of one parameter in fp32, whether 8-bit or not.
+
+    For :class:`~adabalance_hf.AdaBalance8bit` state the codes are decoded (a DTensor's local
+    shard: what this rank holds); other state is returned as it is.
+
+    Args:
+        state (dict): one parameter's optimizer state.
+        key (str): ``"exp_avg"``, ``"exp_avg_sq"``, ``"exp_avg_lr"`` or ``"max_exp_avg_sq"``.
+    """
+    if _scale_key(key) not in state:
+        return state[key]
+    codes, scale = _local(state[key]), _local(state[_scale_key(key)])
+    block_size = codes.shape[-1] // scale.shape[-1]
+    decode = decode_signed if key == "exp_avg" else decode_unsigned
+    blocks = codes.reshape(-1, block_size)
+    return decode(blocks, scale.reshape(-1, 1).to(torch.float32)).view(codes.shape)

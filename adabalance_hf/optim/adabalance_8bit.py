@@ -207,7 +207,10 @@ class AdaBalance8bit(AdaBalance):
         ]
         if positions:
             self._step_quantized(group, positions, grad_scale)
-        super()._step_group(group, grad_scale=grad_scale, found_inf=found_inf)
+        # The parameters with fp32 state are small (biases, norm weights): the default path of
+        # AdaBalance steps them, not its fused kernel, whose compile would double the first step.
+        fp32_group = {**group, "fused": False, "foreach": None}
+        super()._step_group(fp32_group, grad_scale=grad_scale, found_inf=found_inf)
 
     def _step_quantized(
         self, group: dict[str, Any], positions: list[int], grad_scale: Tensor | None
@@ -309,7 +312,7 @@ class AdaBalance8bit(AdaBalance):
                 f"divisor of at least 32 with block_size={largest[0][1]}. Pick a block_size "
                 f"that divides the last dimensions, e.g. 64",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=6,  # the caller of optimizer.step()
             )
 
     def _convert_loaded_state(self) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import DefaultFlowCallback
 
-from ...optim import AdaBalance
+from ...optim import AdaBalance, decoded_state
 from ...optim._step_scalars import step_scalars
 from .optimizer_coverage import TrainableParametersCheck
 
@@ -109,7 +109,7 @@ def adabalance_diagnostics(
                 final_lr=_as_float(group["final_lr"]),
                 gamma=_as_float(group["gamma"]),
             )
-            rate = state["exp_avg_lr"]
+            rate = decoded_state(state, "exp_avg_lr")  # AdaBalance8bit: decode its codes
             at_lower = rate <= scalars.lower
             at_upper = (rate >= scalars.upper) & ~at_lower
             pair = torch.stack([at_lower.count_nonzero(), at_upper.count_nonzero()])
