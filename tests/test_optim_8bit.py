@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -348,14 +349,24 @@ def test_foreach_is_an_error_that_names_the_paths_there_are() -> None:
 
 def test_parameters_without_a_block_keep_fp32_state_and_a_large_share_warns() -> None:
     torch.manual_seed(0)
-    odd = [torch.nn.Parameter(torch.randn(300, 100)), torch.nn.Parameter(torch.randn(64, 128))]
+    odd = [
+        torch.nn.Parameter(torch.randn(300, 100)),
+        torch.nn.Parameter(torch.randn(64, 128)),
+        torch.nn.Parameter(torch.randn(64)),  # small: fp32 by design, not counted as a miss
+    ]
     optimizer = AdaBalance8bit(odd, lr=1e-3, **EAGER)  # gcd(100, 128) = 4: no block
     for p in odd:
         p.grad = torch.randn_like(p)
-    with pytest.warns(UserWarning, match=r"fp32 state for 79% .*\(300, 100\)"):
+    with pytest.warns(UserWarning, match=r"fp32 state for 78% .*\(300, 100\)") as caught:
         optimizer.step()
+    assert caught[0].filename == __file__  # it points at the call of step()
     assert optimizer.state[odd[0]]["exp_avg"].dtype == torch.float32
     assert optimizer.state[odd[1]]["exp_avg"].dtype == torch.int8
+    assert optimizer.state[odd[2]]["exp_avg"].dtype == torch.float32
+    quiet = AdaBalance8bit([odd[1], odd[2]], lr=1e-3, **EAGER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.step()
 
 
 def test_bf16_parameters_step_on_fp32_master_weights() -> None:

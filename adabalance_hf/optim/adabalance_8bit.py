@@ -12,6 +12,7 @@ from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from ._blockwise_state import (
     CODE_DTYPES,
+    MIN_QUANTIZED_NUMEL,
     dequantize_state,
     is_quantized_state,
     new_quantized_state,
@@ -294,12 +295,20 @@ class AdaBalance8bit(AdaBalance):
         )
 
     def _warn_about_fp32_state(self) -> None:
+        """Warn if tensors big enough for 8-bit state but without a block hold many elements.
+
+        Small tensors keep fp32 state by design; a width that ``block_size`` does not fit is
+        something the user can change.
+        """
         self._fallback_checked = True
         kept = [
             (tuple(p.shape), group["block_size"])
             for group in self.param_groups
             for p in group["params"]
-            if tensor_block_size(p, group["block_size"]) is None
+            if p.is_floating_point()
+            and p.dim() >= 2
+            and p.numel() >= MIN_QUANTIZED_NUMEL
+            and tensor_block_size(p, group["block_size"]) is None
         ]
         total = sum(p.numel() for group in self.param_groups for p in group["params"])
         kept_numel = sum(torch.Size(shape).numel() for shape, _ in kept)
@@ -307,10 +316,9 @@ class AdaBalance8bit(AdaBalance):
             largest = sorted(kept, key=lambda item: -torch.Size(item[0]).numel())[:3]
             warnings.warn(
                 f"AdaBalance8bit keeps fp32 state for {kept_numel / total:.0%} of the elements "
-                f"(largest: {[shape for shape, _ in largest]}): 8-bit state needs at least 2 "
-                f"dimensions, 4096 elements and a last dimension (not sharded) that shares a "
-                f"divisor of at least 32 with block_size={largest[0][1]}. Pick a block_size "
-                f"that divides the last dimensions, e.g. 64",
+                f"(largest: {[shape for shape, _ in largest]}): their last dimension shares no "
+                f"divisor of at least 32 with block_size={largest[0][1]} (or is sharded). Pick "
+                f"a block_size that divides the last dimensions, e.g. 32 or 64",
                 UserWarning,
                 stacklevel=6,  # the caller of optimizer.step()
             )

@@ -21,7 +21,6 @@ import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from ...optim import AdaBalance
 from ._mixin import OrderFreeMixin, declare_field
 from .kwargs import adabalance_optimizer_kwargs
 from .optim_names import (
@@ -29,6 +28,7 @@ from .optim_names import (
     all_optimizer_names,
     check_optimizer_name,
     is_adabalance_name,
+    optimizer_class,
     optimizer_name_value,
 )
 
@@ -58,7 +58,7 @@ def _optim_field(default: Any) -> dataclasses.Field:
 
 
 def _check_adabalance_options(args: TrainingArguments) -> None:
-    """Build the optimizer's kwargs and a throw-away AdaBalance now, at argument-parsing time."""
+    """Build the optimizer's kwargs and a throw-away optimizer now, at argument-parsing time."""
     try:
         kwargs = adabalance_optimizer_kwargs(args)
         probe = torch.zeros(1, requires_grad=True)
@@ -66,7 +66,7 @@ def _check_adabalance_options(args: TrainingArguments) -> None:
         # warnings repeat at the real construction.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            AdaBalance([probe], **kwargs)
+            optimizer_class(args.optim)([probe], **kwargs)
     except (ValueError, RuntimeError) as error:
         raise ValueError(
             f"{type(args).__name__}(optim={args.optim!r}, optim_args={args.optim_args!r}): "
