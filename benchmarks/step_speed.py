@@ -48,7 +48,7 @@ from _memory import peak_extra_bytes, self_check, state_bytes
 from _reference_adabalance import ReferenceAdaBalance
 from _shapes import PARAM_SETS, Shapes, make_tensors
 
-from adabalance_hf import AdaBalance
+from adabalance_hf import AdaBalance, AdaBalance8bit
 
 MiB = 1024**2
 BASELINE = "adamw_fused"
@@ -126,9 +126,9 @@ ROWS: dict[str, Row] = {
         NO_DECAY,
         slow_on_cpu=True,
     ),
-    # A new row is one entry, for example:
-    # "adabalance8bit_fused": Row("AdaBalance8bit", "fused", "adabalance_hf:AdaBalance8bit",
-    #                             {"fused": True}, compiles=True),
+    "adabalance8bit_fused": Row(
+        "AdaBalance8bit", "fused, 8-bit state", AdaBalance8bit, {"fused": True}, compiles=True
+    ),
 }
 
 
