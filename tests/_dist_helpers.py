@@ -55,12 +55,14 @@ def tiny_bert(seed: int = 0) -> torch.nn.Module:
     return BertForSequenceClassification(config)
 
 
-def batches(steps: int = STEPS, size: int = WORLD * PER_RANK, seed: int = 1) -> list[dict]:
-    """``steps`` global batches of ``size`` rows."""
+def batches(
+    steps: int = STEPS, size: int = WORLD * PER_RANK, seed: int = 1, vocab: int = VOCAB
+) -> list[dict]:
+    """``steps`` global batches of ``size`` rows, token ids below ``vocab``."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
-        ids = torch.randint(0, VOCAB, (size, SEQ), generator=generator)
+        ids = torch.randint(0, vocab, (size, SEQ), generator=generator)
         labels = torch.randint(0, 2, (size,), generator=generator)
         out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return out

@@ -1,0 +1,295 @@
+"""Spawned workers and references for the AdaBalance8bit distributed tests (gloo, 127.0.0.1).
+
+The model is a BERT of width 64 (vocab 128, intermediate 128): its embeddings, attention,
+feed-forward and pooler weights have 4,096 or more elements and last dimensions of 64 or 128, so
+about 96% of the elements get 8-bit state (the width-32 BERT of ``_dist_helpers`` would keep all
+of it in fp32). Every run uses ``fused=False`` (the eager kernel: the same arithmetic, without a
+``torch.compile`` per spawned process).
+
+Two single-process references: :func:`reference_8bit` with ``world=1`` trains on the global batch
+(what an engine should come close to); with ``world=2`` it averages the gradients of the ranks'
+half batches as DDP and FSDP2 do (``g0 / 2 + g1 / 2``, exact for two ranks), so that a sharded
+run whose state rounds as the unsharded one does must match it bitwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from _dist_helpers import OPT_KWARGS, PER_RANK, STEPS, WORLD, batches, full_params, shard
+
+VOCAB_8BIT = 128
+SAVE_AT = 3
+OPT_8BIT: dict[str, Any] = {**OPT_KWARGS, "fused": False}
+CODE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr")
+CODE_DTYPES = {"exp_avg": torch.int8, "exp_avg_sq": torch.uint8, "exp_avg_lr": torch.uint8}
+
+
+def bert_8bit(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer BERT classifier of width 64, no dropout: large enough for 8-bit state."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB_8BIT,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def data_8bit(steps: int = STEPS) -> list[dict]:
+    """``steps`` global batches whose token ids span the whole vocabulary."""
+    return batches(steps, vocab=VOCAB_8BIT)
+
+
+def optimizer_8bit(model: torch.nn.Module, **kwargs: Any) -> Any:
+    """``create_optimizer(model, optimizer_class=AdaBalance8bit, ...)`` with the tests' settings."""
+    from adabalance_hf import AdaBalance8bit, create_optimizer
+
+    return create_optimizer(model, optimizer_class=AdaBalance8bit, **{**OPT_8BIT, **kwargs})
+
+
+def split_grad_steps(model: torch.nn.Module, optimizer: Any, data: list[dict], world: int) -> None:
+    """Single-process steps on the gradient of ``world`` ranks: the mean of their half batches.
+
+    Each rank's gradient is divided by ``world`` and the parts summed, as DDP does (FSDP2's
+    average is the same for two ranks: halving is exact).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for batch in data:
+        parts = []
+        for rank in range(world):
+            model.zero_grad(set_to_none=True)
+            model(**shard(batch, rank, world)).loss.backward()
+            parts.append([p.grad / world for p in params])
+        for param, *grads in zip(params, *parts, strict=True):
+            param.grad = torch.stack(grads).sum(dim=0) if world > 1 else grads[0]
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def state_by_name(model: torch.nn.Module, optimizer: Any) -> dict[str, dict[str, Any]]:
+    """This process's optimizer state keyed by parameter name, DTensors gathered whole.
+
+    For each parameter: ``"kinds"`` (per key: whether a DTensor, its local dtype and, for
+    DTensors, the placements), and full copies of the codes, scales and step. Gathering is a
+    collective: every rank must call it (FSDP2 ranks all hold state for every parameter).
+    """
+    from torch.distributed.tensor import DTensor
+
+    from adabalance_hf.distributed import local_optimizer
+
+    inner = local_optimizer(optimizer)
+    out: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        state = inner.state.get(param)
+        if not state:
+            continue
+        kinds, values = {}, {}
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            is_dtensor = isinstance(value, DTensor)
+            local = value.to_local() if is_dtensor else value
+            placements = tuple(str(p) for p in value.placements) if is_dtensor else None
+            kinds[key] = (is_dtensor, local.dtype, placements)
+            values[key] = (value.full_tensor() if is_dtensor else value.detach()).clone()
+        out[name.removeprefix("module.")] = {"kinds": kinds, "values": values}
+    return out
+
+
+def quantized_share(states: dict[str, dict[str, Any]]) -> float:
+    """Share of the elements (of the parameters with state) whose state is 8-bit codes."""
+    total = quantized = 0
+    for entry in states.values():
+        values = entry["values"]
+        numel = values["exp_avg"].numel()
+        total += numel
+        if "exp_avg_scale" in values and values["exp_avg"].dtype == torch.int8:
+            quantized += numel
+    return quantized / total if total else 0.0
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one intra-op thread, as the spawned ranks do (``_dist_helpers._entry``).
+
+    A matmul's reduction order follows the thread count: with another, the gradients (and so
+    the parameters) differ from the ranks' in their last bits.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def reference_8bit(world: int = 1, steps: int = STEPS) -> dict[str, Any]:
+    """One process, AdaBalance8bit: the global batch (``world=1``) or ``world`` ranks' mean."""
+    with one_thread():
+        model = bert_8bit()
+        optimizer = optimizer_8bit(model)
+        split_grad_steps(model, optimizer, data_8bit(steps), world)
+        return {"params": full_params(model), "state": state_by_name(model, optimizer)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: run_workers(fn, ...) calls fn(rank, world, ...)
+
+
+def _train(model: torch.nn.Module, optimizer: Any, data: list[dict], rank: int, world: int):
+    for batch in data:
+        optimizer.zero_grad(set_to_none=True)
+        model(**shard(batch, rank, world)).loss.backward()
+        optimizer.step()
+
+
+def zero1_8bit_worker(rank: int, world: int) -> dict[str, Any]:
+    """DDP + ZeroRedundancyOptimizer(AdaBalance8bit): each rank steps whole tensors it owns."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from adabalance_hf.distributed import optimizer_state_bytes
+
+    model = DistributedDataParallel(bert_8bit())
+    optimizer = optimizer_8bit(model, sharding="zero1")
+    _train(model, optimizer, data_8bit(), rank, world)
+    return {
+        "optimizer_type": type(optimizer).__name__,
+        "params": full_params(model),
+        "state": state_by_name(model, optimizer),
+        "state_bytes": optimizer_state_bytes(optimizer),
+    }
+
+
+def fsdp2_8bit_model(seed: int = 0) -> torch.nn.Module:
+    """:func:`bert_8bit` with each encoder layer and the root under ``fully_shard`` (Shard(0))."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = bert_8bit(seed)
+    for layer in model.bert.encoder.layer:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def fsdp2_8bit_dcp_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
+    """FSDP2 + AdaBalance8bit: SAVE_AT steps, ``dcp.save`` model and optimizer, finish STEPS."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    model = fsdp2_8bit_model()
+    optimizer = optimizer_8bit(model, sharding="fsdp2")
+    data = data_8bit()
+    _train(model, optimizer, data[:SAVE_AT], rank, world)
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+    }
+    saved_kinds = {
+        (name, key): (type(value).__name__, value.dtype)
+        for name, param_state in state["optim"]["state"].items()
+        for key, value in param_state.items()
+        if isinstance(value, torch.Tensor) and value.dim() > 0
+    }
+    dcp.save(state, checkpoint_id=checkpoint)
+    at_save = {"params": full_params(model), "state": state_by_name(model, optimizer)}
+    _train(model, optimizer, data[SAVE_AT:], rank, world)
+    return {
+        "params": full_params(model),
+        "state": state_by_name(model, optimizer),
+        "saved_kinds": saved_kinds,
+        "at_save": at_save,
+    }
+
+
+def dcp_load_8bit(model: torch.nn.Module, optimizer: Any, checkpoint: str) -> None:
+    """Load a DCP checkpoint through get/set_{model,optimizer}_state_dict (any world size)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+    }
+    dcp.load(state, checkpoint_id=checkpoint)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def deepspeed_8bit_worker(rank: int, world: int) -> dict[str, Any]:
+    """DeepSpeed ZeRO-2 with AdaBalance8bit as the client optimizer, fp32, on CPU/gloo."""
+    import deepspeed
+    from _dist_helpers import skip_deepspeed_shm_build
+
+    skip_deepspeed_shm_build()
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    model = bert_8bit()
+    optimizer = optimizer_8bit(model)
+    config = {
+        "train_micro_batch_size_per_gpu": PER_RANK,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 2},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=config
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in data_8bit():
+            engine.backward(engine(**shard(batch, rank, world)).loss)
+            engine.step()
+    inner = ds_optimizer.optimizer
+    states = [s for s in inner.state.values() if "exp_avg" in s]
+    total = sum(s["exp_avg"].numel() for s in states)
+    quantized = sum(s["exp_avg"].numel() for s in states if "exp_avg_scale" in s)
+    return {
+        "params": full_params(engine.module),
+        "inner_type": type(inner).__name__,
+        "shapes": [tuple(p.shape) for g in inner.param_groups for p in g["params"]],
+        "quantized_share": quantized / total if total else 0.0,
+        "warnings": [str(w.message) for w in caught if "AdaBalance8bit" in str(w.message)],
+    }
+
+
+__all__ = [
+    "CODE_DTYPES",
+    "CODE_KEYS",
+    "SAVE_AT",
+    "WORLD",
+    "bert_8bit",
+    "data_8bit",
+    "dcp_load_8bit",
+    "deepspeed_8bit_worker",
+    "fsdp2_8bit_dcp_worker",
+    "one_thread",
+    "optimizer_8bit",
+    "quantized_share",
+    "reference_8bit",
+    "split_grad_steps",
+    "state_by_name",
+    "zero1_8bit_worker",
+]

@@ -1,0 +1,217 @@
+"""AdaBalance8bit under ZeRO-1, FSDP2 (with DCP) and DeepSpeed ZeRO-2, 2 gloo ranks on CPU.
+
+The model (``_dist_8bit_helpers.bert_8bit``, width 64) gives about 96% of its elements 8-bit
+state, and every test checks that share, so none can pass on fp32 state.
+
+What is bitwise and what is not:
+
+* ZeRO-1 and FSDP2 match, **bitwise** (parameters, codes, scales), a single-process
+  AdaBalance8bit run fed the ranks' averaged gradients (``split_reference``): the optimizer
+  rounds a shard, or a tensor owned by one rank, exactly as the whole tensor in one process
+  (noise from the element's global index and the step only). Against the usual global-batch run
+  (``reference``) they differ only through the gradients (the mean of two half-batch means is
+  not the global-batch mean bitwise): measured max 1.9e-8 after 5 steps, checked with
+  ``torch.testing.assert_close``'s fp32 tolerance.
+* A DCP checkpoint saved by 2 FSDP2 ranks loads into one process **bitwise** (codes, scales,
+  steps, parameters). Resumed in that process, the run ends within 1e-9 of the uninterrupted
+  one (measured 2.2e-11, in fp32-state LayerNorm biases only): in-process reruns are bitwise
+  repeatable, but splitting the same steps over two calls already moves these biases by
+  ~1e-11 on CPU, so the last bits are not the optimizer's to guarantee.
+* DeepSpeed ZeRO-2 hands the optimizer flat 1-D partitions, which AdaBalance8bit keeps in fp32
+  (it warns): the run trains and lands within 2e-4 of the single-process 8-bit run (measured
+  8.7e-5, the 8-bit vs fp32 state gap), but its state is not 8-bit; that test is a strict xfail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from _dist_8bit_helpers import (
+    CODE_DTYPES,
+    CODE_KEYS,
+    SAVE_AT,
+    bert_8bit,
+    data_8bit,
+    dcp_load_8bit,
+    deepspeed_8bit_worker,
+    fsdp2_8bit_dcp_worker,
+    one_thread,
+    optimizer_8bit,
+    quantized_share,
+    reference_8bit,
+    split_grad_steps,
+    state_by_name,
+    zero1_8bit_worker,
+)
+from _dist_helpers import (
+    assert_same_params,
+    full_params,
+    needs_gloo,
+    requires_deepspeed,
+    run_workers,
+)
+
+pytestmark = needs_gloo
+
+#: At least this share of the elements must have 8-bit state (the model gives 96%).
+MIN_8BIT_SHARE = 0.9
+#: A 2-D weight with 8-bit state, checked by name.
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """Single process, global batch: what every engine should come close to."""
+    return reference_8bit(world=1)
+
+
+@pytest.fixture(scope="module")
+def split_reference() -> dict:
+    """Single process, the 2 ranks' averaged gradients: what ZeRO-1 and FSDP2 match bitwise."""
+    return reference_8bit(world=2)
+
+
+def assert_bitwise(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Same names, and every tensor equal bit for bit (dtype included)."""
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert actual[name].dtype == value.dtype, name
+        assert torch.equal(actual[name], value), (
+            name,
+            (actual[name].double() - value.double()).abs().max().item(),
+        )
+
+
+def assert_8bit_state(entry: dict, *, dtensor: bool) -> None:
+    """One parameter's state: int8/uint8 codes, fp32 scales, DTensors (Shard(0)) or not."""
+    kinds = entry["kinds"]
+    for key in CODE_KEYS:
+        for name, dtype in ((key, CODE_DTYPES[key]), (key + "_scale", torch.float32)):
+            is_dtensor, local_dtype, placements = kinds[name]
+            assert local_dtype == dtype, (name, local_dtype)
+            assert is_dtensor == dtensor, name
+            if dtensor:
+                assert placements == ("S(0)",), (name, placements)
+
+
+def test_reference_has_8bit_state(reference: dict) -> None:
+    """Guards the premise: the model's single-process state is mostly 8-bit codes."""
+    assert quantized_share(reference["state"]) >= MIN_8BIT_SHARE
+    assert_8bit_state(reference["state"][QUERY], dtensor=False)
+
+
+def test_zero1_8bit_matches_single_process_bitwise(reference, split_reference) -> None:
+    """ZeRO-1: bitwise the split-gradient run (parameters and each rank's codes and scales),
+    within fp32 tolerance the global-batch run; each rank holds its own tensors' 8-bit state."""
+    results = run_workers(zero1_8bit_worker)
+    owned: set[str] = set()
+    quantized_numel = 0
+    for result in results:
+        assert result["optimizer_type"] == "ZeroRedundancyOptimizer"
+        assert_bitwise(result["params"], split_reference["params"])
+        assert_same_params(result["params"], reference["params"])
+        assert owned.isdisjoint(result["state"]), "ZeRO-1 shards state by whole tensors"
+        owned |= result["state"].keys()
+        assert 0 < result["state_bytes"]
+        for name, entry in result["state"].items():
+            assert_bitwise(entry["values"], split_reference["state"][name]["values"])
+            if "exp_avg_scale" in entry["values"]:
+                assert_8bit_state(entry, dtensor=False)
+                quantized_numel += entry["values"]["exp_avg"].numel()
+        assert quantized_share(result["state"]) >= 0.5, "each rank holds 8-bit state"
+    assert owned == split_reference["state"].keys()
+    total = sum(p.numel() for p in split_reference["params"].values())
+    assert quantized_numel >= MIN_8BIT_SHARE * total
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory) -> tuple[str, list[dict]]:
+    """One 2-rank FSDP2 run: DCP checkpoint at step SAVE_AT, then on to the end."""
+    checkpoint = str(tmp_path_factory.mktemp("dcp8bit") / "step3")
+    return checkpoint, run_workers(fsdp2_8bit_dcp_worker, checkpoint, timeout=180)
+
+
+def test_fsdp2_8bit_state_is_dtensor_codes_and_matches_bitwise(
+    fsdp2_run, reference, split_reference
+) -> None:
+    """FSDP2: codes and scales are DTensors sharded like the parameter (also in the DCP state
+    dict), and the gathered parameters and state equal the split-gradient run bitwise."""
+    _, results = fsdp2_run
+    for result in results:
+        states = result["state"]
+        assert quantized_share(states) >= MIN_8BIT_SHARE
+        for entry in states.values():
+            if "exp_avg_scale" in entry["values"]:
+                assert_8bit_state(entry, dtensor=True)
+        assert_8bit_state(states[QUERY], dtensor=True)
+        for key in CODE_KEYS:
+            assert result["saved_kinds"][(QUERY, key)] == ("DTensor", CODE_DTYPES[key])
+            assert result["saved_kinds"][(QUERY, key + "_scale")] == ("DTensor", torch.float32)
+        assert_bitwise(result["params"], split_reference["params"])
+        assert_same_params(result["params"], reference["params"])
+        assert states.keys() == split_reference["state"].keys()
+        for name, entry in states.items():
+            assert_bitwise(entry["values"], split_reference["state"][name]["values"])
+
+
+def test_fsdp2_8bit_dcp_checkpoint_from_two_ranks_resumes_in_one_process(fsdp2_run) -> None:
+    """DCP saved on 2 FSDP2 ranks loads in one process into plain 8-bit state, bitwise what the
+    ranks held at the save, and resumes to the uninterrupted run's result."""
+    checkpoint, results = fsdp2_run
+    at_save = results[0]["at_save"]
+    assert not dist.is_initialized()
+    with one_thread():  # as the ranks ran
+        model = bert_8bit(seed=1)  # another initialisation: only a real load can match
+        optimizer = optimizer_8bit(model)
+        dcp_load_8bit(model, optimizer, checkpoint)
+        loaded = state_by_name(model, optimizer)
+        assert {float(s["step"]) for s in optimizer.state.values()} == {float(SAVE_AT)}
+        assert quantized_share(loaded) >= MIN_8BIT_SHARE
+        assert_8bit_state(loaded[QUERY], dtensor=False)
+        assert_bitwise(full_params(model), at_save["params"])
+        assert loaded.keys() == at_save["state"].keys()
+        for name, entry in loaded.items():
+            assert_bitwise(entry["values"], at_save["state"][name]["values"])
+
+        split_grad_steps(model, optimizer, data_8bit()[SAVE_AT:], world=2)
+    resumed = full_params(model)
+    assert resumed.keys() == results[0]["params"].keys()
+    for name, value in results[0]["params"].items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-9, msg=name)
+
+
+@pytest.fixture(scope="module")
+def deepspeed_run() -> list[dict]:
+    """One 2-rank DeepSpeed ZeRO-2 run with AdaBalance8bit as the client optimizer."""
+    return run_workers(deepspeed_8bit_worker, timeout=180)
+
+
+@requires_deepspeed
+def test_deepspeed_zero2_8bit_client_optimizer_trains_close_to_single_process(
+    deepspeed_run, reference
+) -> None:
+    """DeepSpeed ZeRO-2 accepts AdaBalance8bit and trains to within 2e-4 of the single-process
+    8-bit run (the gap is its fp32 state, see the next test), identically on both ranks."""
+    for result in deepspeed_run:
+        assert result["inner_type"] == "AdaBalance8bit"
+        assert all(len(shape) == 1 for shape in result["shapes"]), "flat 1-D partitions"
+        assert result["params"].keys() == reference["params"].keys()
+        for name, value in reference["params"].items():
+            torch.testing.assert_close(result["params"][name], value, rtol=0, atol=2e-4, msg=name)
+            assert torch.equal(result["params"][name], deepspeed_run[0]["params"][name])
+
+
+@requires_deepspeed
+@pytest.mark.xfail(
+    strict=True,
+    reason="DeepSpeed ZeRO-2 gives the optimizer flat 1-D fp32 partitions, and "
+    "_blockwise_state.tensor_block_size keeps 1-D tensors in fp32 state (param.dim() >= 2); "
+    "quantizing them needs 1-D blocks with a ragged last block (a partition's length is rarely "
+    "a multiple of 32)",
+)
+def test_deepspeed_zero2_8bit_state_is_8bit(deepspeed_run) -> None:
+    """Guards the defect: under DeepSpeed ZeRO-2 the state should be mostly 8-bit (it is fp32,
+    with AdaBalance8bit's warning, until flat partitions get block-wise codes)."""
+    for result in deepspeed_run:
+        assert result["quantized_share"] >= MIN_8BIT_SHARE, result["warnings"]
