@@ -83,15 +83,27 @@ class DataArguments:
     max_eval_blocks: int | None = field(default=None, metadata={"help": "keep the first N"})
 
 
+def read_lines(flag: str, path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file; errors name the argument, the file (and line) and the fix."""
+    path, what = Path(path), "a plain-text file such as WikiText-2's wiki.train.raw"
+    if path.is_dir():
+        raise FileNotFoundError(f"{flag} {path} is a folder; pass {what} inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; check the path (expected {what})")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{flag} {path}: not UTF-8 text (line {line}); is it {what}? Convert it to UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
     """Training and validation lines, from local files or the Hub."""
     if data.train_file or data.validation_file:
-        from _data_checks import read_text_file
-
-        what = (
-            "a plain-text file such as WikiText-2's wiki.train.raw; or leave out both "
-            "--train_file and --validation_file to load --dataset_name from the Hub"
-        )
         texts = []
         for flag, path in (("--train_file", data.train_file),
                            ("--validation_file", data.validation_file)):  # fmt: skip
@@ -101,7 +113,7 @@ def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
                     f"text, e.g. WikiText-2's wiki.train.raw and wiki.valid.raw), or neither to "
                     f"use --dataset_name from the Hub"
                 )
-            lines = read_text_file(flag, path, what).splitlines()
+            lines = read_lines(flag, path)
             if not any(line.strip() for line in lines):
                 raise ValueError(
                     f"{flag} {path}: the file holds no text (empty or only blank lines); pass "
