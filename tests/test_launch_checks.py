@@ -108,9 +108,6 @@ def _launch_worker(rank: int, world: int, use_cpu: bool, out: str) -> dict:
     """A Trainer's arguments, then the recipes' optimizer on the same accelerate state."""
     from transformers import TrainingArguments
 
-    sys.path.insert(0, str(RECIPES))
-    from _optimizers import build_optimizer
-
     result = {"trainer": None, "recipe": None}
     args = TrainingArguments(output_dir=out, report_to="none", use_cpu=use_cpu)
     result["world_size"] = args.world_size
@@ -119,7 +116,7 @@ def _launch_worker(rank: int, world: int, use_cpu: bool, out: str) -> dict:
     except DistributedSetupError as error:
         result["trainer"] = str(error)
     try:
-        build_optimizer("adabalance", tiny_bert(), lr=1e-3, weight_decay=0.0)
+        create_optimizer(tiny_bert(), lr=1e-3, check_setup="error")  # as recipes/glue.py does
     except DistributedSetupError as error:
         result["recipe"] = str(error)
     return result
@@ -135,7 +132,7 @@ def test_two_launched_processes_without_use_cpu_stop_the_trainer_and_the_recipes
         assert f"2 processes (WORLD_SIZE=2, this one RANK={rank})" in message
         assert "torch.distributed process group of 2" in message  # accelerate joined them
         assert "`--use_cpu true`" in message
-        # recipes/_optimizers.py: what Accelerator() without cpu=True gives the recipes
+        # recipes/glue.py's create_optimizer: what Accelerator() without cpu=True gives it
         assert "accelerate's state counts num_processes=1" in result["recipe"]
         assert "Accelerator(cpu=True)" in result["recipe"]
 

@@ -1,14 +1,16 @@
 """recipes/glue.py killed, interrupted or out of disk, then resumed, ends bitwise where an
-uninterrupted run ends; its checkpoints are atomic and verified; non-finite steps are skipped.
+uninterrupted run ends; its checkpoints are atomic and verified; non-finite steps are skipped;
+without matplotlib it says so before training and writes everything but the plot.
 
 The killed runs are subprocesses started through tests/_kill_driver.py, which SIGKILLs them at
 the N-th call of a chosen function: between optimizer steps, in the middle of a checkpoint write,
-right after a commit, during an evaluation. The resumed run must end with the same weights,
-optimizer state (step counts, m, v, s), scheduler, RNG states, logged losses, metrics and
-diagnostics as the reference run, to the bit. The tiny BERT keeps dropout (0.1) and the loader
-shuffles every epoch, so a wrong RNG state or data position changes the result; the logging
-interval (3 steps) differs from the checkpoint interval (4) so that losses logged across a
-checkpoint are checked too. Every run uses one thread (the same reduction order everywhere).
+right after a commit, during an evaluation. SIGINT and SIGTERM come from the same faults in this
+process (``_kill_driver.install``), after the N-th optimizer step. The resumed run must end with
+the same weights, optimizer state (step counts, m, v, s), scheduler, RNG states, logged losses,
+metrics and diagnostics as the reference run, to the bit. The tiny BERT keeps dropout (0.1) and
+the loader shuffles every epoch, so a wrong RNG state or data position changes the result; the
+logging interval (3 steps) differs from the checkpoint interval (4) so that losses logged across
+a checkpoint are checked too. Every run uses one thread (the same reduction order everywhere).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 from _glue_fixtures import WORDS, write_sentiment_tsvs
+from _kill_driver import install
 from safetensors.torch import load_file
 
 from adabalance_hf.checkpoint import MANIFEST_NAME, verify_checkpoint
@@ -37,9 +40,9 @@ sys.path.insert(0, str(RECIPES))
 # tests/_kill_driver.py specs
 STEP = "adabalance_hf.optim.adabalance:AdaBalance.step"
 SAVE = "accelerate.checkpointing:save"  # model, optimizer, scheduler of a save, in this order
-COMMIT = "_checkpointing:commit_checkpoint"
-METRICS = "_glue_metrics:glue_metrics"  # the end of an evaluation, after its forward passes
-NOT_COMPARED = {"config", "train_time_s", "wall_time_s", "resumed_from", "elapsed_s"}
+COMMIT = "adabalance_hf.checkpoint.atomic:commit_checkpoint"
+METRICS = "sklearn.metrics:accuracy_score"  # the end of an evaluation, after its forward passes
+NOT_COMPARED = {"config", "wall_time_s", "resumed_from"}
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +76,19 @@ def _args(setup, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run(setup, out: Path, *extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
-    """recipes/glue.py in a subprocess (through the kill driver if ``kill``)."""
+def run(
+    setup, out: Path, *extra: str, kill: str | None = None, hide: str = ""
+) -> subprocess.CompletedProcess:
+    """recipes/glue.py in a subprocess (through the kill driver if ``kill`` or ``hide``)."""
     script = [str(RECIPES / "glue.py")]
-    if kill:
-        script = [str(ROOT / "tests" / "_kill_driver.py"), kill, *script]
+    if kill or hide:
+        script = [str(ROOT / "tests" / "_kill_driver.py"), kill or "", *script]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
+        "KILL_DRIVER_HIDE": hide,  # modules the script cannot import
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
@@ -94,15 +100,20 @@ def run(setup, out: Path, *extra: str, kill: str | None = None) -> subprocess.Co
     return done
 
 
-def run_here(argv: list[str]) -> int:
-    """recipes/glue.py in this process, on one thread like the subprocesses."""
+def run_here(argv: list[str], monkeypatch=None, fault: str | None = None) -> int:
+    """recipes/glue.py in this process, on one thread like the subprocesses; ``fault``: a
+    tests/_kill_driver.py spec installed for this run only."""
     import glue
     from accelerate.state import AcceleratorState, GradientState
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return glue.main(argv)
+        if fault is None:
+            return glue.main(argv)
+        with monkeypatch.context() as patch:
+            install(fault, patch.setattr)
+            return glue.main(argv)
     finally:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -117,7 +128,10 @@ def reference(setup, tmp_path_factory):
 
 
 def names(out: Path) -> list[str]:
-    return sorted((p.name for p in (out / "checkpoints").iterdir()), key=lambda n: (len(n), n))
+    """The checkpoint and staging folders (the lock file a killed save leaves is not listed; the
+    next save's rotation deletes it)."""
+    found = [p.name for p in (out / "checkpoints").iterdir() if not p.name.endswith(".lock")]
+    return sorted(found, key=lambda n: (len(n), n))
 
 
 def _same(a, b, where: str) -> None:
@@ -214,12 +228,18 @@ def test_killed_four_times_and_resumed_ends_bitwise_as_the_reference(setup, refe
     model = checkpoints / "step_24" / "model.safetensors"
     model.write_bytes(model.read_bytes()[:-1] + b"\0")
     assert run_here([*_args(setup, out), "--resume_from_checkpoint", str(model.parent)]) == 2
-    done = run(setup, out, *auto)
+    done = run(setup, out, *auto, hide="matplotlib")  # and no matplotlib installed
     damaged = f"skipping {model.parent}: model.safetensors does not match its SHA-256"
     assert damaged in done.stdout
-    assert f"resumed from {checkpoints / 'step_20'} at step 20" in done.stdout
+    resumed = f"resumed from {checkpoints / 'step_20'} at step 20"
+    assert resumed in done.stdout
     assert names(out) == ["step_16", "step_20", "step_24"]
+    assert not list(checkpoints.glob(".*.lock"))  # stale lock files of killed saves: deleted
     assert_same_run(out, reference)
+    # without matplotlib: said before training, everything written but the plot
+    note = "note: matplotlib is not installed: no learning_curve.png (pip install matplotlib)"
+    assert done.stdout.index(note) < done.stdout.index(resumed)
+    assert not (out / "learning_curve.png").exists()
     resumed_from = json.loads((out / "results.json").read_text())["resumed_from"]
     assert [Path(p).name for p in resumed_from] == ["step_4", "step_12", "step_20"]
 
@@ -252,7 +272,8 @@ def test_interrupt_then_full_disk_then_resume(setup, reference, tmp_path, monkey
 
     out, auto = tmp_path / "run", ("--resume_from_checkpoint", "auto")
     # SIGINT after step 9: a checkpoint is saved there, exit code 130, no final model
-    assert run_here(_args(setup, out, "--debug_interrupt_at_step", "9")) == 130
+    assert run_here(_args(setup, out), monkeypatch, f"{STEP}:9:sigint") == 130
+    assert "interrupted at step 9: saved" in capsys.readouterr().out
     assert names(out) == ["step_4", "step_8", "step_9"]
     assert not (out / "results.json").exists()
     verify_checkpoint(out / "checkpoints" / "step_9")
@@ -277,7 +298,7 @@ def test_interrupt_then_full_disk_then_resume(setup, reference, tmp_path, monkey
     assert f"saving checkpoint {out / 'checkpoints' / 'step_12'} failed" in message
     assert "No space left on device" in message
     assert f"the newest complete checkpoint is {out / 'checkpoints' / 'step_9'}" in message
-    assert names(out) == ["step_4", "step_8", "step_9", ".step_12.incomplete"]
+    assert names(out) == ["step_4", "step_8", "step_9"]  # the partial save deleted
     verify_checkpoint(out / "checkpoints" / "step_9")
     monkeypatch.setattr(torch, "save", real_save)
 
@@ -287,19 +308,19 @@ def test_interrupt_then_full_disk_then_resume(setup, reference, tmp_path, monkey
     )
     assert run_here(_args(setup, out, *auto)) == 0
     assert f"resumed from {out / 'checkpoints' / 'step_9'} at step 9" in capsys.readouterr().out
-    assert ".step_12.incomplete" not in names(out)
     assert_same_run(out, reference)
     assert len(batches) == 6 + 24  # batches 18-23 of epoch 1, then all 24 of epoch 2
     assert any(not torch.equal(a, b) for a, b in zip(batches[:6], batches[-6:], strict=True))
 
 
-def test_bf16_autocast_interrupted_resumed_and_rerun(setup, tmp_path, capsys):
+def test_bf16_autocast_interrupted_resumed_and_rerun(setup, tmp_path, monkeypatch, capsys):
     # the recipe keeps fp32 parameters under --mixed_precision (autocast), so no master weights
     extra = ("--mixed_precision", "bf16", "--max_train_steps", "8")  # ends mid-epoch 1
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert run_here(_args(setup, ref, *extra)) == 0
     assert json.loads((ref / "results.json").read_text())["mixed_precision"] == "bf16"
-    assert run_here(_args(setup, out, *extra, "--debug_interrupt_at_step", "6")) == 130
+    # SIGTERM (a preemption notice) after step 6
+    assert run_here(_args(setup, out, *extra), monkeypatch, f"{STEP}:6:sigterm") == 130
     assert names(out) == ["step_4", "step_6"]
     assert run_here(_args(setup, out, *extra, "--resume_from_checkpoint", "latest")) == 0
     assert_same_run(out, ref, last="step_8")
@@ -342,8 +363,7 @@ def test_skip_nonfinite_grads(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "skip"
     _poison_training_forward(monkeypatch, 5)
     argv = _args(setup, out, *extra, "--skip_nonfinite_grads")
-    assert run_here([*argv, "--debug_interrupt_at_step", "5"]) == 130
-    assert "step 3: skipped (non-finite gradients); 1 skipped so far" in capsys.readouterr().out
+    assert run_here(argv, monkeypatch, f"{STEP}:5:sigint") == 130
     state = torch.load(out / "checkpoints" / "step_4" / "optimizer.bin")
     assert {float(s["step"]) for s in state["state"].values()} == {3.0}  # 4 steps, 1 skipped
     assert {g["nonfinite_steps_skipped"] for g in state["param_groups"]} == {1}
