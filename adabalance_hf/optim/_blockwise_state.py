@@ -67,8 +67,9 @@ def tensor_block_size(param: Tensor, block_size: int) -> int | None:
     It is ``block_size`` if that divides the last dimension, else their greatest common divisor
     if it is at least :data:`MIN_BLOCK_SIZE` (or ``block_size``, if smaller): ``block_size=128``
     gives a last dimension of 96 blocks of 32. The parameter must be a real floating-point
-    tensor of at least :data:`MIN_QUANTIZED_NUMEL` elements and two dimensions whose last
-    dimension is not sharded (for a DTensor).
+    tensor of at least :data:`MIN_QUANTIZED_NUMEL` elements whose last dimension is not sharded
+    (for a DTensor); a 1-D one (DeepSpeed ZeRO's flat partitions) gets blocks if its length has
+    such a divisor.
 
     Args:
         param (Tensor): the parameter.
@@ -76,7 +77,7 @@ def tensor_block_size(param: Tensor, block_size: int) -> int | None:
     """
     if not (
         param.is_floating_point()
-        and param.dim() >= 2
+        and param.dim() >= 1
         and param.numel() >= MIN_QUANTIZED_NUMEL
         and not _last_dim_sharded(param)
     ):

@@ -65,10 +65,11 @@ class AdaBalance8bit(AdaBalance):
     Each parameter moves by the unrounded fp32 ``m`` and ``s`` of its step; only what is stored
     is rounded. Blocks run along the last dimension; where ``block_size`` does not divide it, a
     tensor's blocks are their greatest common divisor if that is at least 32 (so 128 serves
-    widths 384, 768 and 96). Parameters with fewer than 4,096 elements, 1-D ones, complex ones,
-    and those with no such block (or a sharded last dimension) keep fp32 state, as torchao's
-    8-bit optimizers keep small tensors; the first step warns if they hold more than 5% of the
-    elements.
+    widths 384, 768 and 96). Parameters with fewer than 4,096 elements (biases, norm weights),
+    complex ones, and those with no such block (or a sharded last dimension) keep fp32 state,
+    as torchao's 8-bit optimizers keep small tensors; the first step warns if those that are
+    not small hold more than 5% of the elements. Under DeepSpeed ZeRO the optimizer sees flat
+    1-D partitions: they get 8-bit state when their length has such a divisor, else fp32.
 
     ``fused=True`` (the default, ``None``) runs one ``torch.compile``-generated kernel per tensor
     (CPU and CUDA; the first step compiles); ``fused=False`` runs the same arithmetic eagerly.
@@ -306,7 +307,6 @@ class AdaBalance8bit(AdaBalance):
             for group in self.param_groups
             for p in group["params"]
             if p.is_floating_point()
-            and p.dim() >= 2
             and p.numel() >= MIN_QUANTIZED_NUMEL
             and tensor_block_size(p, group["block_size"]) is None
         ]
@@ -318,7 +318,9 @@ class AdaBalance8bit(AdaBalance):
                 f"AdaBalance8bit keeps fp32 state for {kept_numel / total:.0%} of the elements "
                 f"(largest: {[shape for shape, _ in largest]}): their last dimension shares no "
                 f"divisor of at least 32 with block_size={largest[0][1]} (or is sharded). Pick "
-                f"a block_size that divides the last dimensions, e.g. 32 or 64",
+                f"a block_size that divides the last dimensions, e.g. 32 or 64 (1-D tensors: "
+                f"DeepSpeed ZeRO hands the optimizer flat partitions, whose length must have "
+                f"such a divisor)",
                 UserWarning,
                 stacklevel=6,  # the caller of optimizer.step()
             )
