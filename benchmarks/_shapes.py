@@ -3,7 +3,9 @@
 Plain shapes, no download and no transformers: ``bert`` (``bert-base-uncased``'s ``BertModel``
 with pooler, 109,482,240 parameters in 199 tensors), ``gpt2`` (GPT-2 small's ``GPT2Model``,
 124,439,808 in 148) and ``small`` (BERT-base shapes with 2 layers and an 8,192-token vocabulary,
-21,454,080 in 39). :func:`make_tensors` builds seeded parameters and gradients in those shapes.
+21,454,080 in 39) and ``llama1b`` (TinyLlama-1.1B's ``LlamaForCausalLM``, untied head, grouped
+key/value heads: 1,100,048,384 in 201). :func:`make_tensors` builds seeded parameters and gradients
+in those shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["PARAM_SETS", "Shapes", "bert_base_shapes", "gpt2_small_shapes", "make_tensors"]
+__all__ = [
+    "PARAM_SETS",
+    "Shapes",
+    "bert_base_shapes",
+    "gpt2_small_shapes",
+    "llama_1b_shapes",
+    "make_tensors",
+]
 
 Shapes = list[tuple[str, tuple[int, ...]]]
 SEED = 0
@@ -60,10 +69,25 @@ def gpt2_small_shapes() -> Shapes:
     return shapes + _layer_norm("ln_f", h)
 
 
+def llama_1b_shapes() -> Shapes:
+    """Names and shapes of TinyLlama-1.1B's parameters (``LlamaForCausalLM``, no biases)."""
+    h, ffn, kv, vocab = 2048, 5632, 256, 32000  # 32 query heads, 4 key/value heads of 64
+    shapes = [("model.embed_tokens.weight", (vocab, h))]
+    for i in range(22):
+        b = f"model.layers.{i}"
+        for proj, out in (("q", h), ("k", kv), ("v", kv), ("o", h)):
+            shapes.append((f"{b}.self_attn.{proj}_proj.weight", (out, h)))
+        shapes += [(f"{b}.mlp.{n}_proj.weight", (ffn, h)) for n in ("gate", "up")]
+        shapes += [(f"{b}.mlp.down_proj.weight", (h, ffn))]
+        shapes += [(f"{b}.{n}_layernorm.weight", (h,)) for n in ("input", "post_attention")]
+    return [*shapes, ("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
+
+
 PARAM_SETS: dict[str, tuple[str, Callable[[], Shapes]]] = {
     "bert": ("BERT-base", bert_base_shapes),
     "gpt2": ("GPT-2 small", gpt2_small_shapes),
     "small": ("BERT-base, 2 layers, 8K vocabulary", lambda: bert_base_shapes(2, 8192)),
+    "llama1b": ("TinyLlama-1.1B", llama_1b_shapes),
 }
 
 
