@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             model_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes
         )
     except RuntimeError as error:
-        if "ignore_mismatched_sizes" not in str(error):
-            raise
+        if not any(s in str(error) for s in ("size mismatch", "ignore_mismatched_sizes")):
+            raise  # not a head of another size (transformers 4 and 5 word it differently)
         return stop(accelerator, f"error: {model_path} has a classification head for another "
                     f"number of labels than this task's {num_labels}; pass "
                     "--ignore_mismatched_sizes to train a new head instead", 2)  # fmt: skip
