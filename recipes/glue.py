@@ -328,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         groups = distributed.param_groups(model, args.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     else:  # AdaBalance, or one of its variants
-        optimizer = distributed.create_optimizer(
+        optimizer = distributed.create_optimizer(  # AdaBalance8bit for the *_8bit names
             model, lr=args.learning_rate, weight_decay=args.weight_decay, final_lr=args.final_lr,
             gamma=args.gamma, beta3=args.beta3, skip_nonfinite_grads=args.skip_nonfinite_grads,
-            check_setup="error", **optim_names.variant_kwargs(args.optimizer),
-        )  # fmt: skip
+            check_setup="error", optimizer_class=optim_names.optimizer_class(args.optimizer),
+            **optim_names.variant_kwargs(args.optimizer))  # fmt: skip
     model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders
     )

@@ -33,7 +33,7 @@ def _reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def _tiny_model(folder: Path, dropout: float) -> Path:
+def _tiny_model(folder: Path, dropout: float, hidden: int = 16) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     folder.mkdir(parents=True)
@@ -41,9 +41,9 @@ def _tiny_model(folder: Path, dropout: float) -> Path:
     BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
+        vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=32,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
@@ -257,3 +257,21 @@ def test_a_two_label_head_for_one_or_three_labels_needs_ignore_mismatched_sizes(
         assert weights["classifier.weight"].shape == (labels, 16)
         metrics = results["final_metrics"]["validation"]
         assert set(metrics) == ({"pearson", "spearmanr"} if name == "stsb" else {"accuracy"})
+
+
+# --- 8-bit state --------------------------------------------------------------------------
+
+
+def test_the_8bit_names_train_with_8bit_state(setup, tmp_path):
+    # width 128: the embeddings and the dense weights are large enough for 8-bit state
+    model = _tiny_model(tmp_path / "model_128", dropout=0.0, hidden=128)
+    out = tmp_path / "out"
+    extra = ("--optimizer", "adabalancew_8bit", "--max_train_steps", "4",
+             "--checkpointing_steps", "4")  # fmt: skip
+    argv = _args({**setup, "wide": model}, out, *extra, model="wide")
+    assert _run(argv) == 0
+    state = torch.load(out / "checkpoints" / "step_4" / "optimizer.bin", weights_only=True)
+    dtypes = [s["exp_avg"].dtype for s in state["state"].values()]
+    assert torch.int8 in dtypes and torch.float32 in dtypes  # 8-bit, and small tensors fp32
+    assert all("block_size" in group for group in state["param_groups"])
+    assert json.loads((out / "results.json").read_text())["final_metrics"]
