@@ -20,7 +20,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from _dist_helpers import OPT_KWARGS, PER_RANK, STEPS, WORLD, batches, full_params, shard
+from _dist_helpers import (
+    OPT_KWARGS,
+    PER_RANK,
+    STEPS,
+    WORLD,
+    batches,
+    full_params,
+    shard,
+    tiny_bert,
+)
 
 VOCAB_8BIT = 128
 SAVE_AT = 3
@@ -30,22 +39,8 @@ CODE_DTYPES = {"exp_avg": torch.int8, "exp_avg_sq": torch.uint8, "exp_avg_lr": t
 
 
 def bert_8bit(seed: int = 0) -> torch.nn.Module:
-    """A 2-layer BERT classifier of width 64, no dropout: large enough for 8-bit state."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB_8BIT,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
+    """The tests' 2-layer BERT at width 64: large enough for 8-bit state."""
+    return tiny_bert(seed, vocab=VOCAB_8BIT, hidden=64, intermediate=128)
 
 
 def data_8bit(steps: int = STEPS) -> list[dict]:

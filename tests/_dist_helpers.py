@@ -36,17 +36,19 @@ OPT_KWARGS: dict[str, Any] = {"lr": 1e-2, "weight_decay": 0.01, "final_lr": 0.05
 # Model and data
 
 
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    """A 2-layer BERT classifier of width 32, no dropout (deterministic)."""
+def tiny_bert(
+    seed: int = 0, *, vocab: int = VOCAB, hidden: int = 32, intermediate: int = 64
+) -> torch.nn.Module:
+    """A 2-layer BERT classifier (width 32 unless told), no dropout (deterministic)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
+        vocab_size=vocab,
+        hidden_size=hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=intermediate,
         max_position_embeddings=16,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,

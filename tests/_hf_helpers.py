@@ -19,15 +19,23 @@ VOCAB = 100
 SEQ = 8
 
 
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+def tiny_bert(
+    seed: int = 0,
+    *,
+    vocab: int = VOCAB,
+    hidden: int = 16,
+    layers: int = 1,
+    max_positions: int = 32,
+) -> BertForSequenceClassification:
+    """A BERT classifier, width 16 and 1 layer unless told (intermediate: twice the width)."""
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=1,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_positions,
         num_labels=2,
     )
     return BertForSequenceClassification(config)

@@ -214,18 +214,9 @@ def test_trains_as_well_as_fp32_state_on_a_regression() -> None:
 
 
 def _bert_like() -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
+    from _hf_helpers import tiny_bert
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=2048,
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        max_position_embeddings=128,
-    )
-    return BertForSequenceClassification(config)
+    return tiny_bert(vocab=2048, hidden=256, layers=2, max_positions=128)
 
 
 def test_state_is_at_most_3_2_bytes_per_parameter() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import classification_data, inner_optimizer, make_args
+from _hf_helpers import classification_data, inner_optimizer, make_args, tiny_bert
 from test_optim_8bit import reference_decode
 from test_transformers_resume import CountSteps, StopAt, assert_same_state
-from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
+from transformers import BertForSequenceClassification, TrainerCallback
 
 from adabalance_hf import AdaBalance8bit
 from adabalance_hf.integrations.transformers import (
@@ -25,16 +25,7 @@ EAGER = "fused=false"
 
 def bert(seed: int = 0) -> BertForSequenceClassification:
     """Width 64: the embeddings and dense weights (>= 4,096 elements) get 8-bit state."""
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=32,
-    )
-    return BertForSequenceClassification(config)
+    return tiny_bert(seed, hidden=64)
 
 
 class KeepLogs(TrainerCallback):

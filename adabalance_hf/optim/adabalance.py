@@ -16,6 +16,7 @@ from torch.optim.optimizer import (
 )
 
 from ._blockwise_state import dequantize_state, is_quantized_state
+from ._group_options import OPTION_DEFAULTS, as_float, group_hyperparameters
 from ._nonfinite import (
     OPTION,
     SKIP_COUNT_KEY,
@@ -30,23 +31,6 @@ from ._validation import validate_before_step, validate_hyperparameters, validat
 from .functional import StepTensors, adabalance
 
 __all__ = ["AdaBalance"]
-
-# Options added after the reference code, with the values that reproduce it.
-_OPTION_DEFAULTS = {
-    "amsbound": False,
-    "decoupled_weight_decay": False,
-    "maximize": False,
-    "foreach": None,
-    "fused": None,
-    "master_weights": True,
-    "bf16_stochastic_round": False,
-    "differentiable": False,
-    OPTION: False,
-}
-
-
-def _as_float(value: float | Tensor) -> float:
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
 
 
 class AdaBalance(Optimizer):
@@ -217,7 +201,7 @@ class AdaBalance(Optimizer):
                         f"{position} of param group {len(self.param_groups)} is {param.dtype}. "
                         f"Use foreach=True or fused=False."
                     )
-        group.setdefault("base_lr", _as_float(group["lr"]))
+        group.setdefault("base_lr", as_float(group["lr"]))
         if group["base_lr"] == 0.0 and group["final_lr"] != 0.0:
             warnings.warn(
                 f"AdaBalance param group {len(self.param_groups) - 1} starts with lr=0, so its "
@@ -231,11 +215,11 @@ class AdaBalance(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            for option, default in _OPTION_DEFAULTS.items():
+            for option, default in OPTION_DEFAULTS.items():
                 group.setdefault(option, default)
             # A state dict of the reference code has no base_lr: a scheduler's initial_lr is the
             # best record of the construction-time rate, else the current lr.
-            group.setdefault("base_lr", _as_float(group.get("initial_lr", group["lr"])))
+            group.setdefault("base_lr", as_float(group.get("initial_lr", group["lr"])))
             for param in group["params"]:
                 param_state = self.state.get(param, {})
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
@@ -379,26 +363,13 @@ class AdaBalance(Optimizer):
         tensors, master_params, low_precision, has_complex = self._init_group(group)
         if not tensors.params:
             return
-        beta1, beta2 = group["betas"]
         options = dict(
             foreach=group["foreach"],
             fused=group["fused"],
             grad_scale=grad_scale,
             found_inf=found_inf,
             has_complex=has_complex,
-            amsbound=group["amsbound"],
-            lr=_as_float(group["lr"]),
-            base_lr=_as_float(group["base_lr"]),
-            beta1=_as_float(beta1),
-            beta2=_as_float(beta2),
-            beta3=_as_float(group["beta3"]),
-            final_lr=_as_float(group["final_lr"]),
-            gamma=_as_float(group["gamma"]),
-            eps=_as_float(group["eps"]),
-            weight_decay=_as_float(group["weight_decay"]),
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            stochastic_round=group["bf16_stochastic_round"],
+            **group_hyperparameters(group),
         )
         # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
         native = [not low for low in low_precision]

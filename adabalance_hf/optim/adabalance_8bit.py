@@ -21,8 +21,9 @@ from ._blockwise_state import (
     tensor_block_size,
 )
 from ._blockwise_step import _blockwise_adabalance
+from ._group_options import group_hyperparameters
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
-from .adabalance import AdaBalance, _as_float
+from .adabalance import AdaBalance
 
 __all__ = ["AdaBalance8bit"]
 
@@ -275,24 +276,8 @@ class AdaBalance8bit(AdaBalance):
         lists: dict[str, list[Any]],
         masters: list[Tensor] | None,
     ) -> None:
-        beta1, beta2 = group["betas"]
         _blockwise_adabalance(
-            **lists,
-            master_params=masters,
-            fused=group["fused"],
-            amsbound=group["amsbound"],
-            lr=_as_float(group["lr"]),
-            base_lr=_as_float(group["base_lr"]),
-            beta1=_as_float(beta1),
-            beta2=_as_float(beta2),
-            beta3=_as_float(group["beta3"]),
-            final_lr=_as_float(group["final_lr"]),
-            gamma=_as_float(group["gamma"]),
-            eps=_as_float(group["eps"]),
-            weight_decay=_as_float(group["weight_decay"]),
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            stochastic_round=group["bf16_stochastic_round"],
+            **lists, master_params=masters, fused=group["fused"], **group_hyperparameters(group)
         )
 
     def _warn_about_fp32_state(self) -> None:
