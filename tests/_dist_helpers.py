@@ -30,6 +30,11 @@ PER_RANK = 4  # samples per rank per step: the global batch is WORLD * PER_RANK
 SEQ = 8
 VOCAB = 64
 OPT_KWARGS: dict[str, Any] = {"lr": 1e-2, "weight_decay": 0.01, "final_lr": 0.05, "gamma": 0.1}
+# What launchers set; a test of the launch checks starts from an environment without them.
+LAUNCH_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "RANK",
+               "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED",
+               "ACCELERATE_MIXED_PRECISION")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,21 +45,12 @@ def tiny_bert(
     seed: int = 0, *, vocab: int = VOCAB, hidden: int = 32, intermediate: int = 64
 ) -> torch.nn.Module:
     """A 2-layer BERT classifier (width 32 unless told), no dropout (deterministic)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from _hf_helpers import tiny_bert as hf_tiny_bert
 
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=intermediate,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
+    return hf_tiny_bert(
+        seed, vocab=vocab, hidden=hidden, layers=2, intermediate=intermediate,
+        max_positions=16, dropout=0.0,
+    )  # fmt: skip
 
 
 def batches(

@@ -25,18 +25,34 @@ def tiny_bert(
     vocab: int = VOCAB,
     hidden: int = 16,
     layers: int = 1,
+    intermediate: int | None = None,
     max_positions: int = 32,
+    dropout: float = 0.1,
+    num_labels: int = 2,
 ) -> BertForSequenceClassification:
-    """A BERT classifier, width 16 and 1 layer unless told (intermediate: twice the width)."""
+    """A BERT classifier built from a config: the one tiny BERT of the tests.
+
+    Args:
+        seed (int): the initialisation's seed.
+        vocab (int): the vocabulary size.
+        hidden (int): the width (2 attention heads).
+        layers (int): the number of encoder layers.
+        intermediate (int, optional): the feed-forward width. Default: twice ``hidden``.
+        max_positions (int): the longest sequence.
+        dropout (float): hidden and attention dropout (0 for a deterministic forward).
+        num_labels (int): the classifier's outputs (1: regression).
+    """
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=2,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         max_position_embeddings=max_positions,
-        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=num_labels,
     )
     return BertForSequenceClassification(config)
 

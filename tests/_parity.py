@@ -129,7 +129,8 @@ def _worst_errors(
 ) -> dict[str, float]:
     errors = {"param": 0.0, "exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_lr": 0.0}
     fields = {"exp_avg": "m", "exp_avg_sq": "v", "exp_avg_lr": "s"}
-    for g, params in enumerate(live_groups):
+    # Only the groups that joined: a run shorter than LATE_GROUP_STEP never adds the third.
+    for g, params in enumerate(live_groups[: len(oracle.groups)]):
         for live, ref_state in zip(params, oracle.groups[g].tensors, strict=True):
             state = optimizer.state[live]
             if compare_master:

@@ -1,8 +1,9 @@
-"""create_optimizer in one process: groups, errors, launch checks, DCP's state initialisation."""
+"""create_optimizer in one process: groups, errors, DCP's state initialisation.
+
+Its launch checks: tests/test_launch_checks.py.
+"""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
@@ -14,31 +15,9 @@ from transformers import Trainer
 
 from adabalance_hf import AdaBalance, create_optimizer, trainer_param_groups
 from adabalance_hf.distributed import (
-    DistributedSetupWarning,
-    check_launch,
     optimizer_state_bytes,
     param_groups,
 )
-
-_LAUNCH_VARS = (
-    "WORLD_SIZE",
-    "PMI_SIZE",
-    "OMPI_COMM_WORLD_SIZE",
-    "MV2_COMM_WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "ACCELERATE_USE_CPU",
-    "ACCELERATE_USE_FSDP",
-    "ACCELERATE_MIXED_PRECISION",
-)
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in _LAUNCH_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
 
 
 def _ids(params) -> set[int]:
@@ -158,41 +137,3 @@ def test_dcp_state_initialisation_changes_nothing(clean_env, path: dict, lr) -> 
         assert all(torch.isfinite(v).all() for v in state.values())
     assert type(optimizer.param_groups[0]["lr"]) is type(lr)  # restored as it was
     assert optimizer_state_bytes(optimizer) == 3 * 4 * sum(p.numel() for p in model.parameters())
-
-
-def _warned(action) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        action()
-    return [str(w.message) for w in caught if issubclass(w.category, DistributedSetupWarning)]
-
-
-def test_consistent_single_process_launch_is_quiet(clean_env) -> None:
-    assert _warned(lambda: create_optimizer(tiny_bert())) == []
-    assert check_launch() == []
-
-
-def test_announced_processes_without_a_process_group_warn(clean_env) -> None:
-    clean_env.setenv("WORLD_SIZE", "2")
-    messages = _warned(lambda: create_optimizer(tiny_bert()))
-    assert len(messages) == 1
-    assert "announced 2 processes" in messages[0] and "Accelerator(cpu=True)" in messages[0]
-
-
-def test_accelerate_cpu_simple_launcher_with_several_processes_warns(clean_env) -> None:
-    # What `accelerate launch --cpu --num_processes 2` gives its single process (accelerate 1.15).
-    clean_env.setenv("ACCELERATE_USE_CPU", "True")
-    clean_env.setenv("MASTER_ADDR", "127.0.0.1")
-    clean_env.setenv("MASTER_PORT", "29500")
-    messages = _warned(lambda: create_optimizer(tiny_bert()))
-    assert len(messages) == 1 and "runs ONE process" in messages[0]
-
-
-def test_fsdp_and_fp16_ignored_on_cpu_warn(clean_env) -> None:
-    clean_env.setenv("ACCELERATE_USE_CPU", "True")
-    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
-    clean_env.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    messages = _warned(lambda: create_optimizer(tiny_bert()))
-    assert any("FSDP is silently ignored" in m for m in messages)
-    assert any("ACCELERATE_MIXED_PRECISION=fp16 on CPU" in m for m in messages)
-    assert _warned(lambda: create_optimizer(tiny_bert(), check_setup=False)) == []

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_helpers import free_port, needs_gloo, run_workers, tiny_bert
-from _glue_fixtures import WORDS, write_sentiment_tsvs
+from _dist_helpers import LAUNCH_VARS, free_port, needs_gloo, run_workers, tiny_bert
+from _glue_fixtures import write_sentiment_tsvs
 
 from adabalance_hf.distributed import (
     DistributedSetupError,
@@ -27,24 +27,14 @@ from adabalance_hf.distributed import (
     check_trainer_launch,
     create_optimizer,
     launch_checks,
+    launched_world_size,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-_LAUNCH_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "RANK",
-                "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED",
-                "ACCELERATE_MIXED_PRECISION")  # fmt: skip
 cpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason="reproduces the launch on a machine without GPUs"
 )
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in _LAUNCH_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
 
 
 @pytest.fixture
@@ -144,6 +134,79 @@ def test_two_launched_processes_with_use_cpu_are_a_real_world(tmp_path) -> None:
     assert results == [{"world_size": 2, "trainer": None, "recipe": None}] * 2
 
 
+# --- check_launch and create_optimizer's warnings -------------------------------------------
+
+
+def _warned(action) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [str(w.message) for w in caught if issubclass(w.category, DistributedSetupWarning)]
+
+
+def test_consistent_single_process_launch_is_quiet(clean_env) -> None:
+    assert _warned(lambda: create_optimizer(tiny_bert())) == []
+    assert check_launch() == []
+
+
+def test_announced_processes_without_a_process_group_warn(clean_env) -> None:
+    clean_env.setenv("WORLD_SIZE", "2")
+    messages = _warned(lambda: create_optimizer(tiny_bert()))
+    assert len(messages) == 1
+    assert "announced 2 processes" in messages[0] and "Accelerator(cpu=True)" in messages[0]
+
+
+def test_accelerate_cpu_simple_launcher_with_several_processes_warns(clean_env) -> None:
+    # What `accelerate launch --cpu --num_processes 2` gives its single process (accelerate 1.15).
+    clean_env.setenv("ACCELERATE_USE_CPU", "True")
+    clean_env.setenv("MASTER_ADDR", "127.0.0.1")
+    clean_env.setenv("MASTER_PORT", "29500")
+    messages = _warned(lambda: create_optimizer(tiny_bert()))
+    assert len(messages) == 1 and "runs ONE process" in messages[0]
+
+
+def test_fsdp_and_fp16_ignored_on_cpu_warn(clean_env) -> None:
+    clean_env.setenv("ACCELERATE_USE_CPU", "True")
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    messages = _warned(lambda: create_optimizer(tiny_bert()))
+    assert any("FSDP is silently ignored" in m for m in messages)
+    assert any("ACCELERATE_MIXED_PRECISION=fp16 on CPU" in m for m in messages)
+    assert _warned(lambda: create_optimizer(tiny_bert(), check_setup=False)) == []
+
+
+def test_launched_world_size_reads_the_first_launcher_variable_set(clean_env) -> None:
+    assert launched_world_size() is None
+    clean_env.setenv("OMPI_COMM_WORLD_SIZE", "8")
+    assert launched_world_size() == 8
+    clean_env.setenv("WORLD_SIZE", "4")  # torchrun/accelerate's variable comes first
+    assert launched_world_size() == 4
+    clean_env.setenv("WORLD_SIZE", "four")  # not a count: the next variable is read
+    assert launched_world_size() == 8
+
+
+def test_fsdp_is_not_flagged_for_a_sharded_model_or_on_a_gpu_machine(clean_env) -> None:
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setattr(launch_checks, "_accelerate_state", lambda: None)  # none created yet
+    clean_env.setattr(launch_checks, "_has_accelerator_device", lambda: False)
+    warned = _warned(check_launch)
+    assert len(warned) == 1 and "FSDP is silently ignored" in warned[0]
+    assert "no GPU" in warned[0] and "fully_shard" in warned[0]
+    assert check_launch(sharded_model=True) == []  # fully_shard applied by hand: FSDP is real
+    clean_env.setattr(launch_checks, "_has_accelerator_device", lambda: True)
+    assert check_launch() == []  # before accelerate's state exists, a GPU machine may use FSDP
+
+
+def test_fp16_is_flagged_only_on_cpu(clean_env) -> None:
+    clean_env.setattr(launch_checks, "_accelerate_state", lambda: None)  # none created yet
+    clean_env.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert check_launch() == []  # not on CPU as far as the environment tells
+    clean_env.setenv("ACCELERATE_USE_CPU", "true")
+    warned = _warned(check_launch)
+    assert len(warned) == 1 and "ACCELERATE_MIXED_PRECISION=fp16 on CPU" in warned[0]
+    assert "mixed_precision='bf16'" in warned[0]
+
+
 # --- check_launch(action="error") and create_optimizer(check_setup="error") -------------------
 
 
@@ -175,20 +238,11 @@ def test_strict_check_is_quiet_for_a_single_process(clean_env) -> None:
 
 
 @needs_gloo
-def test_glue_recipe_stops_under_the_simple_launcher(tmp_path) -> None:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
+def test_glue_recipe_stops_under_the_simple_launcher(tmp_path, tiny_glue_model) -> None:
     data = write_sentiment_tsvs(tmp_path / "SST-2", train=8, dev=4)
-    model = tmp_path / "model"
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(model)
-    config = BertConfig(
-        vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
-        intermediate_size=16, max_position_embeddings=32,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(model)
+    model = tiny_glue_model()
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
@@ -199,6 +253,8 @@ def test_glue_recipe_stops_under_the_simple_launcher(tmp_path) -> None:
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0, done.stdout[-2000:]
-    assert "error: adabalance_hf: `accelerate launch` started this process" in done.stdout
+    assert "error: adabalance_hf: `accelerate launch` started this process" in done.stdout, (
+        done.stderr[-3000:]
+    )
     assert "runs ONE process" in done.stdout and "multi_cpu.yaml" in done.stdout
     assert not (out / "results.json").exists()

@@ -30,14 +30,6 @@ def test_closure_runs_with_grad_enabled_and_its_loss_is_returned() -> None:
     assert torch.all(weight < 1.0)
 
 
-def test_zero_grad_clears_gradients() -> None:
-    weight = torch.ones(3, requires_grad=True)
-    optimizer = AdaBalance([weight])
-    weight.grad = torch.ones(3)
-    optimizer.zero_grad()
-    assert weight.grad is None
-
-
 def _lambda(optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.97**step)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _parity import run_parity
+from _parity import LATE_GROUP_STEP, run_parity
 
 from adabalance_hf import AdaBalance
 
@@ -74,3 +74,8 @@ def test_paths_agree_on_mixed_dtypes_in_one_group(path: dict) -> None:
     for ref, cand in zip(reference, candidate, strict=True):
         assert cand.dtype == ref.dtype
         torch.testing.assert_close(cand, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_a_run_shorter_than_the_late_group_compares_the_groups_that_joined() -> None:
+    errors = run_parity({"foreach": False}, torch.float64, steps=LATE_GROUP_STEP // 2)
+    assert max(errors.values()) <= 1e-12, errors

@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
-from _glue_fixtures import WORDS, write_sentiment_tsvs  # noqa: E402
 from glue import TASKS, glue_metrics, load_glue_data, read_examples  # noqa: E402
 
 from adabalance_hf.checkpoint import verify_checkpoint  # noqa: E402
@@ -33,27 +32,9 @@ def _reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def _tiny_model(folder: Path, dropout: float, hidden: int = 16) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    folder.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=32,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glue")
-    data = write_sentiment_tsvs(root / "SST-2")
-    return {"data": data, "model_nodrop": _tiny_model(root / "model_nodrop", dropout=0.0)}
+def setup(sentiment_data, tiny_glue_model):
+    return {"data": sentiment_data, "model_nodrop": tiny_glue_model(dropout=0.0)}
 
 
 def _args(setup, out: Path, *extra: str, model: str = "model_nodrop") -> list[str]:
@@ -262,9 +243,9 @@ def test_a_two_label_head_for_one_or_three_labels_needs_ignore_mismatched_sizes(
 # --- 8-bit state --------------------------------------------------------------------------
 
 
-def test_the_8bit_names_train_with_8bit_state(setup, tmp_path):
+def test_the_8bit_names_train_with_8bit_state(setup, tiny_glue_model, tmp_path):
     # width 128: the embeddings and the dense weights are large enough for 8-bit state
-    model = _tiny_model(tmp_path / "model_128", dropout=0.0, hidden=128)
+    model = tiny_glue_model(hidden=128)
     out = tmp_path / "out"
     extra = ("--optimizer", "adabalancew_8bit", "--max_train_steps", "4",
              "--checkpointing_steps", "4")  # fmt: skip

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _glue_fixtures import WORDS, write_sentiment_tsvs
 from _kill_driver import install
 from safetensors.torch import load_file
 
@@ -46,22 +45,8 @@ NOT_COMPARED = {"config", "wall_time_s", "resumed_from"}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    root = tmp_path_factory.mktemp("glue_resume")
-    data = write_sentiment_tsvs(root / "SST-2")
-    model = root / "model"
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(model)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(model)
-    return {"data": data, "model": model}
+def setup(sentiment_data, tiny_glue_model):
+    return {"data": sentiment_data, "model": tiny_glue_model(hidden=32, layers=2, dropout=0.1)}
 
 
 def _args(setup, out: Path, *extra: str) -> list[str]:

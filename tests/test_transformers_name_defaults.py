@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import ListDataset, args_kwargs
-from transformers import BertConfig, BertForSequenceClassification
+from _hf_helpers import ListDataset, args_kwargs, tiny_bert
 
 from adabalance_hf import AdaBalanceTrainer, AdaBalanceTrainingArguments
 from adabalance_hf.integrations.transformers import PAPER_OPTIM_ARGS
@@ -37,16 +36,6 @@ def eval_mse(tmp_path_factory):
     train, dev = regression_data(960, 0), regression_data(256, 1)
 
     def run(optim: str, optim_args: str | None = None) -> float:
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=100,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=32,
-            num_labels=1,
-        )
         args = AdaBalanceTrainingArguments(
             **args_kwargs(
                 tmp_path_factory.mktemp(optim),
@@ -60,7 +49,7 @@ def eval_mse(tmp_path_factory):
             )
         )
         trainer = AdaBalanceTrainer(
-            model=BertForSequenceClassification(config),
+            model=tiny_bert(0, hidden=64, layers=2, num_labels=1),
             args=args,
             train_dataset=train,
             eval_dataset=dev,
