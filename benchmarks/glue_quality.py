@@ -18,6 +18,10 @@ are skipped, so a long benchmark can be stopped and continued (also across sessi
     OMP_NUM_THREADS=1 python benchmarks/glue_quality.py ... --tasks mrpc --name queue_b
     python benchmarks/glue_quality.py --merge queue_a queue_b
 
+    # the tuned comparison: seed 0 over a learning-rate grid, then 3 seeds (RTE 5) at the best
+    python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --lr_grid 3e-5 1e-4 3e-4 \
+        --name glue_tuned
+
     # the sweep behind AdaBalance's fine-tuning defaults
     python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --sweep --tasks mrpc \
         --name adabalance_defaults_sweep
@@ -37,6 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import _lr_grid  # noqa: E402
+
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_correlation"}
 SWEEP = {  # AdaBalance's fine-tuning defaults were chosen from this grid
@@ -70,6 +77,27 @@ def parse_args() -> argparse.Namespace:
         help="with --sweep: the grid to run instead of the built-in one, e.g. "
         "learning_rate=3e-5,1e-4 final_lr=0.1 gamma=1e-3,1e-4 beta3=0.9",
     )
+    p.add_argument(
+        "--lr_grid",
+        nargs="+",
+        type=float,
+        help="the tuned comparison (benchmarks/_lr_grid.py): these rates at seed 0 "
+        "per task and optimizer, then --seeds (--rte_seeds) at each one's best",
+    )
+    p.add_argument(
+        "--rte_seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3, 4],
+        help="with --lr_grid: RTE's seeds (it is noisy)",
+    )
+    p.add_argument(
+        "--gpt2_lr_grid",
+        nargs="+",
+        type=float,
+        default=[3e-4, 1e-3, 3e-3],
+        help="with --lr_grid and --wikitext_dir: the GPT-2 rates",
+    )
     p.add_argument("--gpt2_steps", type=int, default=300)
     p.add_argument(
         "--gpt2_optim_args",
@@ -91,6 +119,8 @@ def parse_args() -> argparse.Namespace:
     if args.tasks and not args.glue_dir:
         p.error("--glue_dir is required for GLUE tasks (e.g. ../shared/data/glue); "
                 "pass --tasks with no names to run only GPT-2")  # fmt: skip
+    if args.lr_grid and (args.sweep or args.merge):
+        p.error("--lr_grid is a mode of its own: drop --sweep/--merge")
     if args.grid:
         try:
             args.grid = {k: [float(v) for v in vs.split(",")]
@@ -184,7 +214,7 @@ def gpt2_command(
 
 
 def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
-    lr = "1e-3"
+    lr = str(options.get("learning_rate", "1e-3"))
     with tempfile.TemporaryDirectory() as out:
         command = gpt2_command(
             args.wikitext_dir, out, optimizer, lr, args.gpt2_steps, seed, options.get("optim_args")
@@ -226,6 +256,37 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_one(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
+    print(f"{time.strftime('%H:%M:%S')} {task} {optimizer} seed {seed} {options}", flush=True)
+    if task == "gpt2-wikitext2":
+        record = gpt2_run(args, optimizer, seed, options)
+    else:
+        record = glue_run(args, task, optimizer, seed, options)
+    print(f"  -> {record['metric']} {record['value']:.4f} in {record['wall_time_s']:.0f} s",
+          flush=True)  # fmt: skip
+    return record
+
+
+def run_tuned(args, path: Path, records: list[dict]) -> None:
+    """The tuned comparison (``--lr_grid``): run the next planned run until none is left."""
+    names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}  # the GPT-2 recipe's names
+    tasks = list(args.tasks) + (["gpt2-wikitext2"] if args.wikitext_dir else [])
+    gpt2 = "gpt2-wikitext2"
+    protocol = _lr_grid.TunedProtocol(
+        optimizers={t: [names.get(o, o) for o in args.optimizers] if t == gpt2
+                    else list(args.optimizers) for t in tasks},
+        grids={t: args.gpt2_lr_grid if t == gpt2 else args.lr_grid for t in tasks},
+        seeds={t: args.rte_seeds if t == "rte" else args.seeds for t in tasks},
+        epochs={t: None if t == gpt2 else args.num_train_epochs for t in tasks},
+    )  # fmt: skip
+    while plan := protocol.plan(records):
+        records.append(_run_one(args, *plan[0]))
+        path.write_text(json.dumps(records, indent=2))
+        path.with_suffix(".md").write_text(protocol.table(records))
+    path.with_suffix(".md").write_text(protocol.table(records))
+    print(protocol.table(records))
+
+
 def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
@@ -233,6 +294,9 @@ def main() -> None:
     path = results_dir / f"{args.name}.json"
     records = _load(path)
     done = {_run_key(r) for r in records}
+    if args.lr_grid:
+        run_tuned(args, path, records)
+        return
     if args.merge:
         for name in args.merge:
             source = results_dir / f"{name}.json"
@@ -265,14 +329,7 @@ def main() -> None:
         run = {"task": task, "optimizer": optimizer, "seed": seed, "options": options}
         if _run_key(run) in done:
             continue
-        print(f"{time.strftime('%H:%M:%S')} {task} {optimizer} seed {seed} {options}", flush=True)
-        if task == "gpt2-wikitext2":
-            record = gpt2_run(args, optimizer, seed, options)
-        else:
-            record = glue_run(args, task, optimizer, seed, options)
-        print(f"  -> {record['metric']} {record['value']:.4f} in {record['wall_time_s']:.0f} s",
-              flush=True)  # fmt: skip
-        records.append(record)
+        records.append(_run_one(args, task, optimizer, seed, options))
         path.write_text(json.dumps(records, indent=2))
         (results_dir / f"{args.name}.md").write_text(table(records))
     print(table(records))

@@ -1,0 +1,93 @@
+"""The tuned comparison's protocol (benchmarks/_lr_grid.py) and ``glue_quality.py --lr_grid``.
+
+The protocol is checked on made-up records (which rate wins, what is left to run); the script
+once end to end on the tiny GLUE data, stopped and continued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _lr_grid import TunedProtocol, find_run  # noqa: E402
+
+
+def _record(task, optimizer, seed, rate, value, options=None, epochs=3):
+    return {"task": task, "optimizer": optimizer, "seed": seed, "learning_rate": rate,
+            "options": {"learning_rate": rate} if options is None else options,
+            "value": value, "metric": "f1", "epochs": epochs}  # fmt: skip
+
+
+PROTOCOL = TunedProtocol(
+    optimizers={"mrpc": ["adabalance", "adamw"], "gpt2-wikitext2": ["adabalancew"]},
+    grids={"mrpc": [3e-5, 1e-4, 3e-4], "gpt2-wikitext2": [1e-3, 3e-3]},
+    seeds={"mrpc": [1, 2], "gpt2-wikitext2": [1]},
+    epochs={"mrpc": 3, "gpt2-wikitext2": None},
+)
+
+
+def test_the_grid_runs_first_then_the_seeds_at_the_best_rate() -> None:
+    assert PROTOCOL.plan([])[:3] == [("mrpc", "adabalance", 0, {"learning_rate": r})
+                                     for r in (3e-5, 1e-4, 3e-4)]  # fmt: skip
+    records = [_record("mrpc", "adabalance", 0, r, v)
+               for r, v in ((3e-5, 0.80), (1e-4, 0.86), (3e-4, 0.84))]  # fmt: skip
+    assert PROTOCOL.best_rate(records, "mrpc", "adabalance") == 1e-4  # the highest F1
+    plan = PROTOCOL.plan(records)
+    assert plan[:2] == [("mrpc", "adabalance", 1, {"learning_rate": 1e-4}),
+                        ("mrpc", "adabalance", 2, {"learning_rate": 1e-4})]  # fmt: skip
+    assert PROTOCOL.best_rate(records, "mrpc", "adamw") is None  # its grid has not run
+    assert sum(1 for run in plan if run[1] == "adamw") == 3
+
+
+def test_perplexity_picks_the_lowest() -> None:
+    records = [_record("gpt2-wikitext2", "adabalancew", 0, 1e-3, 250.0, epochs=None),
+               _record("gpt2-wikitext2", "adabalancew", 0, 3e-3, 240.0, epochs=None)]  # fmt: skip
+    assert PROTOCOL.best_rate(records, "gpt2-wikitext2", "adabalancew") == 3e-3
+
+
+def test_which_records_count_as_a_run_of_the_protocol() -> None:
+    default_rate = _record("mrpc", "adabalance", 0, 3e-5, 0.8, options={})
+    assert find_run([default_rate], "mrpc", "adabalance", 0, 3e-5, 3) is default_rate
+    other_option = _record("mrpc", "adabalance", 0, 3e-5, 0.8, options={"beta3": 0.9})
+    two_epochs = _record("mrpc", "adabalance", 0, 3e-5, 0.8, epochs=2)
+    for record in (other_option, two_epochs):
+        assert find_run([record], "mrpc", "adabalance", 0, 3e-5, 3) is None
+
+
+def test_the_table_shows_the_grid_the_tuned_rate_and_the_seeds() -> None:
+    records = [_record("mrpc", "adabalance", 0, r, v)
+               for r, v in ((3e-5, 0.80), (1e-4, 0.86), (3e-4, 0.84))]  # fmt: skip
+    records += [_record("mrpc", "adabalance", s, 1e-4, v) for s, v in ((1, 0.84), (2, 0.85))]
+    row = next(line for line in PROTOCOL.table(records).splitlines() if "| adabalance |" in line)
+    assert "3e-05: 80.00, 0.0001: 86.00, 0.0003: 84.00 | 0.0001 | 3 | 85.00 | 1.00 |" in row
+
+
+def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
+    sentiment_data, tiny_glue_model, tmp_path
+) -> None:
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"),
+        "--glue_dir", str(sentiment_data.parent), "--tasks", "sst2", "--optimizers", "adabalance",
+        "--lr_grid", "1e-3", "3e-3", "--seeds", "1", "--num_train_epochs", "1",
+        "--max_seq_length", "16", "--batch_size", "8", "--model", str(tiny_glue_model()),
+        "--results_dir", str(tmp_path), "--name", "tuned",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "tuned.json").read_text())
+    runs = [(r["seed"], r["learning_rate"]) for r in records]
+    best = max((r for r in records if r["seed"] == 0), key=lambda r: r["value"])["learning_rate"]
+    assert runs == [(0, 1e-3), (0, 3e-3), (1, best)]
+    assert all(r["epochs"] == 1 and r["train_examples"] == 8000 for r in records)
+    table = (tmp_path / "tuned.md").read_text()
+    assert f"| {best:g} | 2 |" in table
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "sst2 adabalance seed" not in again.stdout  # none left
+    assert json.loads((tmp_path / "tuned.json").read_text()) == records
