@@ -13,7 +13,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adabalance_hf.optim._step_scalars import final_rate, kernel_scalars, step_scalars
+from adabalance_hf.optim._step_scalars import (
+    KernelScalarsCache,
+    final_rate,
+    kernel_scalars,
+    step_scalars,
+)
 
 betas = st.floats(0.0, 0.9999)
 rates = st.floats(1e-6, 1.0)
@@ -93,3 +98,17 @@ def test_complements_are_taken_in_float64_before_the_kernel_casts_them() -> None
     assert one_minus_beta2 == torch.tensor(1 - 0.999, dtype=torch.float32)
     float32_difference = torch.tensor(1.0) - torch.tensor(0.999)
     assert one_minus_beta2 != float32_difference
+
+
+def test_the_kernel_vector_is_made_once_per_step_count_device_and_dtype() -> None:
+    hyper = dict(lr=1e-3, base_lr=1e-3, beta1=0.9, beta2=0.999, beta3=0.99, final_lr=0.1,
+                 gamma=1e-3, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                 maximize=False)  # fmt: skip
+    cache = KernelScalarsCache(**hyper)
+    cpu = torch.device("cpu")
+    first = cache.vector(3.0, cpu, torch.float32)
+    assert cache.vector(3.0, cpu, torch.float32) is first  # one vector for a group's tensors
+    assert torch.equal(first, torch.tensor(kernel_scalars(3.0, **hyper), dtype=torch.float32))
+    later = cache.vector(4.0, cpu, torch.float32)
+    assert torch.equal(later, torch.tensor(kernel_scalars(4.0, **hyper), dtype=torch.float32))
+    assert cache.vector(3.0, cpu, torch.float64).dtype == torch.float64

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._blockwise import decode_signed, decode_unsigned, encode_signed, encode_unsigned
+from ._dtensor import local_tensor
 
 __all__ = [
     "CODE_DTYPES",
@@ -46,10 +47,6 @@ CODE_DTYPES = {
 
 def _scale_key(key: str) -> str:
     return key + "_scale"
-
-
-def _local(tensor: Tensor) -> Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _last_dim_sharded(param: Tensor) -> bool:
@@ -121,7 +118,7 @@ def new_quantized_state(param: Tensor, key: str, block_size: int) -> dict[str, T
         key (str): the state's name, one of :data:`CODE_DTYPES`.
         block_size (int): elements per block.
     """
-    local = _local(param)
+    local = local_tensor(param)
     codes = torch.zeros_like(local, dtype=CODE_DTYPES[key], memory_format=torch.contiguous_format)
     scale = torch.zeros(_scale_shape(local.shape, block_size), device=local.device)
     return {
@@ -141,7 +138,7 @@ def quantize_state(state: dict[str, Any], param: Tensor, block_size: int) -> Non
     for key in CODE_DTYPES:
         if key not in state:
             continue
-        values = _local(state[key]).to(torch.float32)
+        values = local_tensor(state[key]).to(torch.float32)
         blocks = values.reshape(-1, block_size)
         scale = blocks.abs().amax(dim=-1, keepdim=True)
         encode = encode_signed if key == "exp_avg" else encode_unsigned
@@ -161,16 +158,11 @@ def dequantize_state(state: dict[str, Any], param: Tensor, dtype: torch.dtype) -
         param (Tensor): the parameter.
         dtype (torch.dtype): the dtype of the fp32 (or compute-dtype) state to make.
     """
-    block_size = saved_block_size(state)
     for key in CODE_DTYPES:
-        if key not in state:
-            continue
-        codes = _local(state[key])
-        scale = _local(state.pop(_scale_key(key))).to(torch.float32)
-        blocks = codes.reshape(-1, block_size)
-        decode = decode_signed if key == "exp_avg" else decode_unsigned
-        values = decode(blocks, scale.reshape(-1, 1)).view(codes.shape).to(dtype)
-        state[key] = _like(param, values, tuple(param.shape))
+        if key in state:
+            values = decoded_state(state, key).to(dtype)
+            del state[_scale_key(key)]
+            state[key] = _like(param, values, tuple(param.shape))
 
 
 def saved_codes(param_groups: list[dict], state_dict: dict) -> dict[Tensor, dict[str, Tensor]]:
@@ -210,7 +202,7 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
     """
     if _scale_key(key) not in state:
         return state[key]
-    codes, scale = _local(state[key]), _local(state[_scale_key(key)])
+    codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
     block_size = codes.shape[-1] // scale.shape[-1]
     decode = decode_signed if key == "exp_avg" else decode_unsigned
     blocks = codes.reshape(-1, block_size)

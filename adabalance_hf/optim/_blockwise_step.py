@@ -35,9 +35,10 @@ from ._blockwise import (
     rounding_noise,
     step_seed,
 )
+from ._dtensor import global_offset, local_tensor
 from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC
 from ._precision import stochastic_round_to_bf16
-from ._step_scalars import HYPER, kernel_scalars
+from ._step_scalars import HYPER, KernelScalarsCache
 
 __all__ = ["QuantizedTensors", "_blockwise_adabalance"]
 
@@ -165,28 +166,8 @@ def _run_compiled(variant: BlockwiseVariant, args: tuple) -> None:
         ) from error
 
 
-def _local(tensor: Tensor) -> Tensor:
-    to_local = getattr(tensor, "to_local", None) if type(tensor) is not Tensor else None
-    return to_local() if to_local is not None else tensor
-
-
-def _global_offset(param: Tensor) -> int:
-    """Flat index, in the whole tensor, of a DTensor shard's first element (0 for a tensor)."""
-    if not hasattr(param, "placements"):
-        return 0
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    _, offsets = compute_local_shape_and_global_offset(
-        param.shape, param.device_mesh, param.placements
-    )
-    # Shards of a dimension before the last cover whole trailing rows (the last is never
-    # sharded for 8-bit state), so the offset of the first element is the row-major index.
-    stride = torch.empty(param.shape, device="meta").stride()
-    return sum(o * s for o, s in zip(offsets, stride, strict=True))
-
-
 def _blocks(tensor: Tensor, block_size: int) -> Tensor:
-    return _local(tensor).view(-1, block_size)
+    return local_tensor(tensor).view(-1, block_size)
 
 
 def _blockwise_adabalance(
@@ -229,28 +210,15 @@ def _blockwise_adabalance(
     if not params:
         return
     torch._foreach_add_(state_steps, 1)
-    hyper_cache: dict[tuple[float, torch.device], Tensor] = {}
+    vectors = KernelScalarsCache(
+        lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, beta3=beta3, final_lr=final_lr,
+        gamma=gamma, eps=eps, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+    )  # fmt: skip
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         block_size = block_sizes[i]
-        key = (step, param.device)
-        if key not in hyper_cache:
-            scalars = kernel_scalars(
-                step,
-                lr=lr,
-                base_lr=base_lr,
-                beta1=beta1,
-                beta2=beta2,
-                beta3=beta3,
-                final_lr=final_lr,
-                gamma=gamma,
-                eps=eps,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-            )
-            hyper_cache[key] = torch.tensor(scalars, dtype=torch.float32, device=param.device)
-        seed = torch.tensor(step_seed(int(step), _global_offset(param)), device=param.device)
+        seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _blocks(master_params[i], block_size)
         else:
@@ -270,7 +238,7 @@ def _blockwise_adabalance(
             max_exp_avg_sq_scale=_blocks(max_exp_avg_sq_scales[i], 1) if amsbound else None,
             master=master,
         )
-        args = (*tensors, hyper_cache[key], seed, write_mode)
+        args = (*tensors, vectors.vector(step, param.device, torch.float32), seed, write_mode)
         if fused:
             variant = BlockwiseVariant(
                 device_type=param.device.type,

@@ -27,9 +27,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._dtensor import local_tensor
 from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
-from ._step_scalars import HYPER, kernel_scalars
+from ._step_scalars import HYPER, KernelScalarsCache
 
 __all__ = ["KernelTensors", "KernelVariant", "_fused_adabalance", "fused_kernel_supports"]
 
@@ -241,7 +242,11 @@ def _fused_adabalance(
     if not params:
         return
     torch._foreach_add_(state_steps, 1)
-    hyper_cache: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
+    vectors = KernelScalarsCache(
+        lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, beta3=beta3, final_lr=final_lr,
+        gamma=gamma, eps=eps, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+    )  # fmt: skip
     # GradScaler's tensors, per device and compute dtype: 1 / grad_scale and found_inf.
     amp_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor | None, Tensor | None]] = {}
     # Concatenated copies of p, g, m, v, s (and max_exp_avg_sq, master) are the temporaries:
@@ -253,22 +258,7 @@ def _fused_adabalance(
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         dtype = compute_dtype(param.dtype)
         key = (step, param.device, dtype)
-        if key not in hyper_cache:
-            scalars = kernel_scalars(
-                step,
-                lr=lr,
-                base_lr=base_lr,
-                beta1=beta1,
-                beta2=beta2,
-                beta3=beta3,
-                final_lr=final_lr,
-                gamma=gamma,
-                eps=eps,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-            )
-            hyper_cache[key] = torch.tensor(scalars, dtype=dtype, device=param.device)
+        hyper = vectors.vector(step, param.device, dtype)
         amp_key = (param.device, dtype)
         if amp_key not in amp_cache:
             amp_cache[amp_key] = _amp_tensors(grad_scale, found_inf, param.device, dtype)
@@ -302,16 +292,16 @@ def _fused_adabalance(
         )
         numel = tensors.param.numel()  # a DTensor's local shard: what the temporaries hold
         if numel >= _BATCH_NUMEL or numel > batch_budget:
-            _run_kernel(variant, tensors, hyper_cache[key], *amp)
+            _run_kernel(variant, tensors, hyper, *amp)
             continue
         batch, batch_numel = pending.get((variant, key), ([], 0))
         if batch_numel + numel > batch_budget:
-            _run_batched(variant, batch, hyper_cache[key], amp)
+            _run_batched(variant, batch, hyper, amp)
             batch, batch_numel = [], 0
         batch.append(tensors)
         pending[(variant, key)] = (batch, batch_numel + numel)
     for (variant, key), (batch, _) in pending.items():
-        _run_batched(variant, batch, hyper_cache[key], amp_cache[key[1:]])
+        _run_batched(variant, batch, vectors.vector(*key), amp_cache[key[1:]])
     if found_inf is not None:
         # A skipped step does not count, as in torch's fused Adam. The counters live on the CPU,
         # so for accelerator tensors this copy of found_inf is the step's one synchronisation,
@@ -337,12 +327,7 @@ def _amp_tensors(
 
 
 def _flat(tensor: Tensor) -> Tensor:
-    if type(tensor) is not Tensor:
-        # AdaBalance is elementwise, so a DTensor's local shard steps like a plain tensor.
-        to_local = getattr(tensor, "to_local", None)
-        if to_local is not None:
-            tensor = to_local()
-    return tensor.view(-1)
+    return local_tensor(tensor).view(-1)
 
 
 def _run_batched(

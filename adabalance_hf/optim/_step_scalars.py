@@ -9,7 +9,17 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["HYPER", "KernelScalars", "StepScalars", "final_rate", "kernel_scalars", "step_scalars"]
+import torch
+
+__all__ = [
+    "HYPER",
+    "KernelScalars",
+    "KernelScalarsCache",
+    "StepScalars",
+    "final_rate",
+    "kernel_scalars",
+    "step_scalars",
+]
 
 
 class StepScalars(NamedTuple):
@@ -159,3 +169,24 @@ def kernel_scalars(
         decay=1 - lr * weight_decay if decoupled_weight_decay else 1.0,
         grad_sign=-1.0 if maximize else 1.0,
     )
+
+
+class KernelScalarsCache:
+    """The kernel's hyper-parameter vectors of one step, made once per step count, device and
+    dtype (the tensors of a group usually share one step count, so one vector).
+
+    Args:
+        **hyper: the keyword arguments of :func:`kernel_scalars` other than ``step``.
+    """
+
+    def __init__(self, **hyper: float | bool) -> None:
+        self._hyper = hyper
+        self._vectors: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def vector(self, step: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The vector for tensors at step count ``step`` (after its increment)."""
+        key = (step, device, dtype)
+        if key not in self._vectors:
+            scalars = kernel_scalars(step, **self._hyper)  # type: ignore[arg-type]
+            self._vectors[key] = torch.tensor(scalars, dtype=dtype, device=device)
+        return self._vectors[key]
