@@ -76,14 +76,15 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer Llama with hidden size 32, built from a config with a fixed seed."""
+def tiny_llama(seed: int = 0, hidden_size: int = 32) -> LlamaForCausalLM:
+    """A 2-layer Llama (hidden size 32 unless told, MLP twice as wide), built from a config with
+    a fixed seed."""
     tok = tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

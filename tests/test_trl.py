@@ -20,7 +20,7 @@ from transformers import HfArgumentParser, TrainerCallback
 from transformers.training_args import OptimizerNames
 from trl import DPOConfig, SFTConfig
 
-from adabalance_hf import AdaBalance
+from adabalance_hf import AdaBalance, AdaBalance8bit
 from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
 from adabalance_hf.integrations.trl import (
     AdaBalanceDPOConfig,
@@ -37,15 +37,15 @@ KINDS = {
 OPTIM_FIELDS = {"optim", "optim_args"}
 
 
-def build(kind, output_dir, *, rows=8, callbacks=(), **overrides):
+def build(kind, output_dir, *, rows=8, callbacks=(), hidden_size=32, **overrides):
     """A trainer of ``kind`` on a fresh tiny Llama; DPO gets an identical frozen reference."""
     _, config_cls, trainer_cls, data = KINDS[kind]
     args = config_cls(**trl_kwargs(output_dir, **{"optim": "adabalance", **overrides}))
     # A model built from a config has no name_or_path for DPOTrainer to load a reference from,
     # so the reference is passed: the same seed gives the same initial weights.
-    extra = {"ref_model": tiny_llama()} if kind == "dpo" else {}
+    extra = {"ref_model": tiny_llama(hidden_size=hidden_size)} if kind == "dpo" else {}
     return trainer_cls(
-        model=tiny_llama(),
+        model=tiny_llama(hidden_size=hidden_size),
         args=args,
         train_dataset=data(rows),
         processing_class=tokenizer(),
@@ -211,6 +211,27 @@ def test_resume_from_the_middle_checkpoint_is_bitwise_exact(kind, tmp_path):
     assert_same_state(state_a["state"], state_b["state"], "state")
     assert_same_state(state_a["param_groups"], state_b["param_groups"], "param_groups")
     assert state_b["param_groups"][0]["amsbound"] is True
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_an_8bit_name_trains_with_8bit_state_and_resumes_bitwise(kind, tmp_path):
+    # hidden 64: the MLP weights (8,192 elements) are large enough for 8-bit state
+    common = dict(rows=8, max_steps=4, optim="adabalancew_8bit", hidden_size=64, weight_decay=0.01)
+    straight = build(kind, tmp_path, save_strategy="steps", save_steps=2, **common)
+    straight.train()
+    optimizer = inner_optimizer(straight)
+    assert type(optimizer) is AdaBalance8bit
+    codes = [s["exp_avg"].dtype for s in optimizer.state.values()]
+    assert torch.int8 in codes and torch.float32 in codes  # 8-bit, and the small tensors fp32
+
+    resumed = build(kind, tmp_path, **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    for (name, a), (_, b) in zip(
+        straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert_same_state(optimizer.state_dict()["state"],
+                      inner_optimizer(resumed).state_dict()["state"], "state")  # fmt: skip
 
 
 # (e) -------------------------------------------------------------------------------------------
