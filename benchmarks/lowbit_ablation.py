@@ -126,21 +126,24 @@ def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps
 
 
 def table(records: list[dict]) -> str:
-    by_variant: dict[str, list[float]] = collections.defaultdict(list)
+    """Markdown: each variant's perplexity, and its change against fp32 over the same seeds."""
+    by_variant: dict[str, dict[int, float]] = collections.defaultdict(dict)
     for record in records:
-        by_variant[record["variant"]].append(record["perplexity"])
-    reference = by_variant.get("fp32")
-    base = sum(reference) / len(reference) if reference else float("nan")
+        by_variant[record["variant"]][record["seed"]] = record["perplexity"]
+    reference = by_variant.get("fp32", {})
     lines = [
-        "| variant | seeds | validation perplexity | vs fp32 |",
+        "| variant | seeds | validation perplexity | vs fp32 at the same seeds |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for variant, values in by_variant.items():
+    for variant, by_seed in by_variant.items():
+        values = [by_seed[seed] for seed in sorted(by_seed)]
         mean = sum(values) / len(values)
-        lines.append(
-            f"| {variant} | {len(values)} | {mean:.2f} ({', '.join(f'{v:.2f}' for v in values)}) "
-            f"| {100 * (mean / base - 1):+.2f}% |"
-        )
+        paired = [reference[seed] for seed in sorted(by_seed) if seed in reference]
+        change = "-"
+        if len(paired) == len(values):
+            change = f"{100 * (mean / (sum(paired) / len(paired)) - 1):+.2f}%"
+        lines.append(f"| {variant} | {len(values)} | {mean:.2f} "
+                     f"({', '.join(f'{v:.2f}' for v in values)}) | {change} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
