@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["TunedProtocol", "find_run"]
+__all__ = ["TunedProtocol", "find_run", "tuned_runs"]
 
 Run = tuple[str, str, int, dict]  # (task, optimizer, seed, options)
 
@@ -121,3 +121,22 @@ class TunedProtocol:
 def _shown(task: str, record: dict) -> str:
     value = record["value"] if _lower_is_better(task) else 100 * record["value"]
     return f"{value:.2f}"
+
+
+def tuned_runs(records: Sequence[dict]) -> list[dict]:
+    """The runs at each task's and optimizer's tuned rate, inferred from the records alone: the
+    rate of the best seed-0 run among those with no option but ``learning_rate``."""
+    best: dict[tuple[str, str], dict] = {}
+    for record in records:
+        if record["seed"] != 0 or set(record.get("options", {})) - {"learning_rate"}:
+            continue
+        key = (record["task"], record["optimizer"])
+        sign = -1.0 if _lower_is_better(record["task"]) else 1.0
+        if key not in best or sign * record["value"] > sign * best[key]["value"]:
+            best[key] = record
+    return [
+        record for record in records
+        if (chosen := best.get((record["task"], record["optimizer"]))) is not None
+        and not set(record.get("options", {})) - {"learning_rate"}
+        and _close(_rate(record), _rate(chosen))
+    ]  # fmt: skip

@@ -6,12 +6,14 @@ against the optimizer step, the mean over seeds as a line and the range over see
 Example::
 
     python benchmarks/plot_quality.py --name glue_quality
+    python benchmarks/plot_quality.py --name glue_tuned --tuned  # each one's tuned rate
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import _lr_grid  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,12 +38,18 @@ def parse_args() -> argparse.Namespace:
         help="also plot the runs with non-default options (the sweeps); by default only the "
         "runs at each optimizer's recipe defaults",
     )
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="the runs of glue_quality.py --lr_grid at each optimizer's tuned rate per task",
+    )
     return p.parse_args()
 
 
 def _label(record: dict) -> str:
     options = record.get("options") or {}
-    extra = ", ".join(f"{k}={v}" for k, v in options.items())
+    extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in options.items())  # fmt: skip
     return f"{record['optimizer']} ({extra})" if extra else record["optimizer"]
 
 
@@ -79,7 +89,9 @@ def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
     records = json.loads((results_dir / f"{args.name}.json").read_text())
-    if not args.all_settings:
+    if args.tuned:
+        records = _lr_grid.tuned_runs(records)
+    elif not args.all_settings:
         records = [r for r in records if not r.get("options")]
     metrics = {r["task"]: r["metric"] for r in records}
     for task, curves in sorted(curves_by_task(records).items()):

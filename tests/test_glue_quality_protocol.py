@@ -91,3 +91,13 @@ def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sst2 adabalance seed" not in again.stdout  # none left
     assert json.loads((tmp_path / "tuned.json").read_text()) == records
+
+
+def test_the_plots_take_the_runs_at_each_tuned_rate() -> None:
+    from _lr_grid import tuned_runs
+
+    records = [_record("mrpc", "adamw", 0, r, v) for r, v in ((3e-5, 0.82), (1e-4, 0.85))]
+    records += [_record("mrpc", "adamw", 1, 1e-4, 0.84), _record("mrpc", "adamw", 1, 3e-5, 0.9),
+                _record("mrpc", "adamw", 0, 1e-4, 0.99, options={"beta3": 0.9})]  # fmt: skip
+    kept = tuned_runs(records)
+    assert [(r["seed"], r["learning_rate"]) for r in kept] == [(0, 1e-4), (1, 1e-4)]
