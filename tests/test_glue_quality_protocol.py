@@ -74,7 +74,7 @@ def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
     command = [
         sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"),
         "--glue_dir", str(sentiment_data.parent), "--tasks", "sst2", "--optimizers", "adabalance",
-        "--lr_grid", "1e-3", "3e-3", "--seeds", "1", "--num_train_epochs", "1",
+        "--lr_grid", "1e-3", "3e-3", "--seeds", "0", "--num_train_epochs", "1",
         "--max_seq_length", "16", "--batch_size", "8", "--model", str(tiny_glue_model()),
         "--results_dir", str(tmp_path), "--name", "tuned",
     ]  # fmt: skip
@@ -82,12 +82,12 @@ def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "tuned.json").read_text())
-    runs = [(r["seed"], r["learning_rate"]) for r in records]
-    best = max((r for r in records if r["seed"] == 0), key=lambda r: r["value"])["learning_rate"]
-    assert runs == [(0, 1e-3), (0, 3e-3), (1, best)]
+    # seed 0 over the grid (each rate reaches the recipe); the seeds at the best: unit-tested above
+    assert [(r["seed"], r["learning_rate"]) for r in records] == [(0, 1e-3), (0, 3e-3)]
     assert all(r["epochs"] == 1 and r["train_examples"] == 8000 for r in records)
-    table = (tmp_path / "tuned.md").read_text()
-    assert f"| {best:g} | 2 |" in table
+    assert records[0]["train_loss"] != records[1]["train_loss"]  # the rate reached the optimizer
+    best = max(records, key=lambda r: r["value"])["learning_rate"]
+    assert f"| {best:g} | 1 |" in (tmp_path / "tuned.md").read_text()
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sst2 adabalance seed" not in again.stdout  # none left
     assert json.loads((tmp_path / "tuned.json").read_text()) == records
