@@ -53,3 +53,11 @@ def save_tiny_glue_model(
     )  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
+
+
+def reset_accelerate() -> None:
+    """Reset accelerate's process-wide state (a singleton), as a fresh process has it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from _dist_helpers import LAUNCH_VARS
-from _glue_fixtures import save_tiny_glue_model, write_sentiment_tsvs
+from _glue_fixtures import reset_accelerate, save_tiny_glue_model, write_sentiment_tsvs
 
 
 @pytest.fixture
@@ -48,12 +48,6 @@ def tiny_glue_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
 def fresh_accelerate() -> Iterator[Callable[[], None]]:
     """accelerate's process-wide state (a singleton) reset before and after the test; the
     fixture's value resets it in between."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    def reset() -> None:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-    reset()
-    yield reset
-    reset()
+    reset_accelerate()
+    yield reset_accelerate
+    reset_accelerate()

@@ -20,16 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
+from _glue_fixtures import reset_accelerate  # noqa: E402
 from glue import TASKS, glue_metrics, load_glue_data, read_examples  # noqa: E402
 
 from adabalance_hf.checkpoint import verify_checkpoint  # noqa: E402
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def _run(argv: list[str]) -> int:
     try:
         return glue.main(argv)
     finally:
-        _reset_accelerate()
+        reset_accelerate()
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
