@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["TunedProtocol", "find_run", "tuned_runs"]
+__all__ = ["TunedProtocol", "find_run", "record_rate", "tuned_runs"]
 
 Run = tuple[str, str, int, dict]  # (task, optimizer, seed, options)
 
@@ -21,7 +21,8 @@ def _lower_is_better(task: str) -> bool:
     return task.startswith("gpt2")
 
 
-def _rate(record: dict) -> float:
+def record_rate(record: dict) -> float:
+    """A run's learning rate: its ``learning_rate`` option, else the recipe default it ran at."""
     return float(record.get("options", {}).get("learning_rate", record["learning_rate"]))
 
 
@@ -40,7 +41,7 @@ def find_run(records: Iterable[dict], task: str, optimizer: str, seed: int, rate
         other = {k: v for k, v in record.get("options", {}).items() if k != "learning_rate"}
         if (record["task"], record["optimizer"], record["seed"]) != (task, optimizer, seed):
             continue
-        if other or not _close(_rate(record), rate):
+        if other or not _close(record_rate(record), rate):
             continue
         if epochs is not None and record.get("epochs", epochs) != epochs:
             continue
@@ -138,5 +139,5 @@ def tuned_runs(records: Sequence[dict]) -> list[dict]:
         record for record in records
         if (chosen := best.get((record["task"], record["optimizer"]))) is not None
         and not set(record.get("options", {})) - {"learning_rate"}
-        and _close(_rate(record), _rate(chosen))
+        and _close(record_rate(record), record_rate(chosen))
     ]  # fmt: skip

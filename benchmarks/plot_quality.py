@@ -46,20 +46,26 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _label(record: dict) -> str:
+def _label(record: dict, tuned: bool = False) -> str:
+    """The curve's name: the optimizer and its options; for a tuned run the optimizer and its
+    rate (a run at the recipe's default rate and one given that rate are the same setting)."""
     options = record.get("options") or {}
+    if tuned:
+        return f"{record['optimizer']} (lr={_lr_grid.record_rate(record):g})"
     extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in options.items())  # fmt: skip
     return f"{record['optimizer']} ({extra})" if extra else record["optimizer"]
 
 
-def curves_by_task(records: list[dict]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+def curves_by_task(
+    records: list[dict], tuned: bool = False
+) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
     """``{task: {optimizer label: [one (step, loss) curve per seed]}}``, runs without a curve
-    left out."""
+    left out; ``tuned``: the runs of the tuned comparison, labelled by their rate."""
     found: dict = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record.get("train_loss"):
-            found[record["task"]][_label(record)].append(record["train_loss"])
+            found[record["task"]][_label(record, tuned)].append(record["train_loss"])
     return found
 
 
@@ -94,7 +100,7 @@ def main() -> None:
     elif not args.all_settings:
         records = [r for r in records if not r.get("options")]
     metrics = {r["task"]: r["metric"] for r in records}
-    for task, curves in sorted(curves_by_task(records).items()):
+    for task, curves in sorted(curves_by_task(records, args.tuned).items()):
         path = results_dir / f"{args.name}_{task}.png"
         plot_task(task, curves, metrics[task], path)
         print(f"wrote {path}")

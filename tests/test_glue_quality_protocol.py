@@ -101,3 +101,17 @@ def test_the_plots_take_the_runs_at_each_tuned_rate() -> None:
                 _record("mrpc", "adamw", 0, 1e-4, 0.99, options={"beta3": 0.9})]  # fmt: skip
     kept = tuned_runs(records)
     assert [(r["seed"], r["learning_rate"]) for r in kept] == [(0, 1e-4), (1, 1e-4)]
+
+
+def test_a_tuned_plot_draws_one_curve_per_optimizer_and_rate() -> None:
+    from plot_quality import curves_by_task
+
+    # seed 0 ran at the recipe's default rate (no option), seed 1 was given that rate
+    records = [_record("mrpc", "adabalance", 0, 3e-5, 0.8, options={}),
+               _record("mrpc", "adabalance", 1, 3e-5, 0.8)]  # fmt: skip
+    for record, loss in zip(records, (0.7, 0.6), strict=True):
+        record["train_loss"] = [[10, loss]]
+    assert dict(curves_by_task(records, tuned=True)["mrpc"]) == {
+        "adabalance (lr=3e-05)": [[[10, 0.7]], [[10, 0.6]]]
+    }
+    assert len(curves_by_task(records)["mrpc"]) == 2  # the recipe's settings view keeps options
