@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _lr_grid  # noqa: E402
 
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
+GPT2_LR = 1e-3  # the GPT-2 runs' rate unless told otherwise
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_correlation"}
 SWEEP = {  # AdaBalance's fine-tuning defaults were chosen from this grid
     "learning_rate": [1e-4, 3e-4],
@@ -99,6 +100,13 @@ def parse_args() -> argparse.Namespace:
         help="with --lr_grid and --wikitext_dir: the GPT-2 rates",
     )
     p.add_argument("--gpt2_steps", type=int, default=300)
+    p.add_argument(
+        "--gpt2_learning_rate",
+        type=float,
+        default=GPT2_LR,
+        help="without --lr_grid: the GPT-2 runs' rate (another rate is kept in the record's "
+        "options, so runs at the default and at others are told apart on a rerun)",
+    )
     p.add_argument(
         "--gpt2_optim_args",
         nargs="+",
@@ -214,7 +222,7 @@ def gpt2_command(
 
 
 def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
-    lr = str(options.get("learning_rate", "1e-3"))
+    lr = str(options.get("learning_rate", GPT2_LR))
     with tempfile.TemporaryDirectory() as out:
         command = gpt2_command(
             args.wikitext_dir, out, optimizer, lr, args.gpt2_steps, seed, options.get("optim_args")
@@ -287,6 +295,20 @@ def run_tuned(args, path: Path, records: list[dict]) -> None:
     print(protocol.table(records))
 
 
+def gpt2_plan(args: argparse.Namespace) -> list[tuple[str, str, int, dict]]:
+    """The GPT-2 runs of the table: per seed and optimizer, one per ``--gpt2_optim_args``
+    string for AdaBalance, at ``--gpt2_learning_rate``."""
+    # The GPT-2 recipe's AdaBalance is adabalancew (DEFAULT_OPTIM in recipes/gpt2.py).
+    names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
+    rate = {} if args.gpt2_learning_rate == GPT2_LR else {"learning_rate": args.gpt2_learning_rate}
+    plan = []
+    for seed, optimizer in itertools.product(args.seeds, args.optimizers):
+        variants = args.gpt2_optim_args if optimizer.startswith("adabalance") else [""]
+        plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,
+                  {"optim_args": v, **rate} if v else dict(rate)) for v in variants]  # fmt: skip
+    return plan
+
+
 def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
@@ -319,12 +341,7 @@ def main() -> None:
         else:
             plan += [(task, optimizer, seed, {}) for optimizer in args.optimizers]
     if args.wikitext_dir:
-        # The GPT-2 recipe's AdaBalance is adabalancew (DEFAULT_OPTIM in recipes/gpt2.py).
-        names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
-        for seed, optimizer in itertools.product(args.seeds, args.optimizers):
-            variants = args.gpt2_optim_args if optimizer.startswith("adabalance") else [""]
-            plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,
-                      {"optim_args": v} if v else {}) for v in variants]  # fmt: skip
+        plan += gpt2_plan(args)
     for task, optimizer, seed, options in plan:
         run = {"task": task, "optimizer": optimizer, "seed": seed, "options": options}
         if _run_key(run) in done:

@@ -115,3 +115,23 @@ def test_a_tuned_plot_draws_one_curve_per_optimizer_and_rate() -> None:
         "adabalance (lr=3e-05)": [[[10, 0.7]], [[10, 0.6]]]
     }
     assert len(curves_by_task(records)["mrpc"]) == 2  # the recipe's settings view keeps options
+
+
+def test_gpt2_runs_at_another_rate_are_told_apart_from_the_default_rate(monkeypatch) -> None:
+    import glue_quality
+
+    def plan(*flags: str) -> list:
+        monkeypatch.setattr(sys, "argv", ["glue_quality.py", "--tasks", "--wikitext_dir", "w",
+                                          "--seeds", "0", *flags])  # fmt: skip
+        return glue_quality.gpt2_plan(glue_quality.parse_args())
+
+    # the records of earlier runs at 1e-3 have no rate option: their keys must stay the same
+    assert plan("--gpt2_optim_args", "", "beta3=0.9") == [
+        ("gpt2-wikitext2", "adabalancew", 0, {}),
+        ("gpt2-wikitext2", "adabalancew", 0, {"optim_args": "beta3=0.9"}),
+        ("gpt2-wikitext2", "adamw_torch", 0, {}),
+    ]
+    assert plan("--gpt2_learning_rate", "3e-3", "--gpt2_optim_args", "beta3=0.9") == [
+        ("gpt2-wikitext2", "adabalancew", 0, {"optim_args": "beta3=0.9", "learning_rate": 3e-3}),
+        ("gpt2-wikitext2", "adamw_torch", 0, {"learning_rate": 3e-3}),
+    ]
