@@ -46,6 +46,8 @@ import _lr_grid  # noqa: E402
 
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 GPT2_LR = 1e-3  # the GPT-2 runs' rate unless told otherwise
+# --optimizers names as the GPT-2 recipe calls them (its AdaBalance is adabalancew, DEFAULT_OPTIM)
+GPT2_NAMES = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_correlation"}
 SWEEP = {  # AdaBalance's fine-tuning defaults were chosen from this grid
     "learning_rate": [1e-4, 3e-4],
@@ -277,11 +279,10 @@ def _run_one(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
 
 def run_tuned(args, path: Path, records: list[dict]) -> None:
     """The tuned comparison (``--lr_grid``): run the next planned run until none is left."""
-    names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}  # the GPT-2 recipe's names
     tasks = list(args.tasks) + (["gpt2-wikitext2"] if args.wikitext_dir else [])
     gpt2 = "gpt2-wikitext2"
     protocol = _lr_grid.TunedProtocol(
-        optimizers={t: [names.get(o, o) for o in args.optimizers] if t == gpt2
+        optimizers={t: [GPT2_NAMES.get(o, o) for o in args.optimizers] if t == gpt2
                     else list(args.optimizers) for t in tasks},
         grids={t: args.gpt2_lr_grid if t == gpt2 else args.lr_grid for t in tasks},
         seeds={t: args.rte_seeds if t == "rte" else args.seeds for t in tasks},
@@ -298,13 +299,11 @@ def run_tuned(args, path: Path, records: list[dict]) -> None:
 def gpt2_plan(args: argparse.Namespace) -> list[tuple[str, str, int, dict]]:
     """The GPT-2 runs of the table: per seed and optimizer, one per ``--gpt2_optim_args``
     string for AdaBalance, at ``--gpt2_learning_rate``."""
-    # The GPT-2 recipe's AdaBalance is adabalancew (DEFAULT_OPTIM in recipes/gpt2.py).
-    names = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
     rate = {} if args.gpt2_learning_rate == GPT2_LR else {"learning_rate": args.gpt2_learning_rate}
     plan = []
     for seed, optimizer in itertools.product(args.seeds, args.optimizers):
         variants = args.gpt2_optim_args if optimizer.startswith("adabalance") else [""]
-        plan += [("gpt2-wikitext2", names.get(optimizer, optimizer), seed,
+        plan += [("gpt2-wikitext2", GPT2_NAMES.get(optimizer, optimizer), seed,
                   {"optim_args": v, **rate} if v else dict(rate)) for v in variants]  # fmt: skip
     return plan
 

@@ -49,9 +49,9 @@ def parse_args() -> argparse.Namespace:
 def _label(record: dict, tuned: bool = False) -> str:
     """The curve's name: the optimizer and its options; for a tuned run the optimizer and its
     rate (a run at the recipe's default rate and one given that rate are the same setting)."""
-    options = record.get("options") or {}
     if tuned:
         return f"{record['optimizer']} (lr={_lr_grid.record_rate(record):g})"
+    options = record.get("options") or {}
     extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in options.items())  # fmt: skip
     return f"{record['optimizer']} ({extra})" if extra else record["optimizer"]
