@@ -131,6 +131,11 @@ def parse_args() -> argparse.Namespace:
                 "pass --tasks with no names to run only GPT-2")  # fmt: skip
     if args.lr_grid and (args.sweep or args.merge):
         p.error("--lr_grid is a mode of its own: drop --sweep/--merge")
+    if args.lr_grid and (args.gpt2_learning_rate != GPT2_LR or args.gpt2_optim_args != [""]):
+        p.error(
+            "--gpt2_learning_rate/--gpt2_optim_args do not apply with --lr_grid (it runs "
+            "the recipe's defaults over --gpt2_lr_grid): drop them, or drop --lr_grid"
+        )
     if args.grid:
         try:
             args.grid = {k: [float(v) for v in vs.split(",")]

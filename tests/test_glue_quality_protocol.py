@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -135,3 +137,14 @@ def test_gpt2_runs_at_another_rate_are_told_apart_from_the_default_rate(monkeypa
         ("gpt2-wikitext2", "adabalancew", 0, {"optim_args": "beta3=0.9", "learning_rate": 3e-3}),
         ("gpt2-wikitext2", "adamw_torch", 0, {"learning_rate": 3e-3}),
     ]
+
+
+@pytest.mark.parametrize("flags", [["--gpt2_learning_rate", "3e-3"], ["--gpt2_optim_args", "x=1"]])
+def test_gpt2_run_settings_are_refused_with_lr_grid(monkeypatch, capsys, flags) -> None:
+    import glue_quality
+
+    argv = ["glue_quality.py", "--tasks", "--wikitext_dir", "w", "--lr_grid", "1e-3", *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        glue_quality.parse_args()
+    assert "--gpt2_learning_rate/--gpt2_optim_args do not apply" in capsys.readouterr().err
