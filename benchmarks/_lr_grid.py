@@ -8,6 +8,7 @@ every run, so a benchmark stopped half-way continues where it stopped.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -103,10 +104,7 @@ class TunedProtocol:
                         for r in self.grids[task]]  # fmt: skip
                 cells = [f"{r:g}: {'-' if x is None else _shown(task, x)}" for r, x in grid]
                 best = self.best_rate(records, task, optimizer)
-                runs = [] if best is None else [
-                    record for seed in sorted({0, *self.seeds[task]})
-                    if (record := find_run(records, task, optimizer, seed, best, epochs))
-                ]  # fmt: skip
+                runs = self.tuned_records(records, task, optimizer)
                 values = [_shown(task, r) for r in runs]
                 numbers = [float(v) for v in values]
                 lines.append(
@@ -116,6 +114,48 @@ class TunedProtocol:
                     f"{f'{statistics.stdev(numbers):.2f}' if len(numbers) > 1 else '-'} | "
                     f"{', '.join(values)} |"
                 )
+        return "\n".join(lines) + "\n"
+
+    def tuned_records(self, records: Sequence[dict], task: str, optimizer: str) -> list[dict]:
+        """The runs so far of the task's seeds at the optimizer's tuned rate, by seed."""
+        best = self.best_rate(records, task, optimizer)
+        if best is None:
+            return []
+        runs = [find_run(records, task, optimizer, seed, best, self.epochs[task])
+                for seed in sorted({0, *self.seeds[task]})]  # fmt: skip
+        return [record for record in runs if record is not None]
+
+    def comparison(self, records: Sequence[dict]) -> str:
+        """Markdown: per task whose first two optimizers have all their seeds at the tuned rate,
+        the first one's lead (positive: it is better) against the standard error of the
+        difference of the means, ``sqrt(s1^2/n1 + s2^2/n2)``; a lead under 2 standard errors is
+        called even."""
+        lines = [
+            "| task | first | second | lead of the first | lead / mean of the second | "
+            "standard error | lead / SE | at 2 SE |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for task, optimizers in self.optimizers.items():
+            if len(optimizers) < 2:
+                continue
+            first, second = optimizers[0], optimizers[1]
+            values = [[float(_shown(task, r)) for r in self.tuned_records(records, task, name)]
+                      for name in (first, second)]  # fmt: skip
+            wanted = len({0, *self.seeds[task]})
+            if any(len(v) != wanted for v in values) or wanted < 2:
+                continue
+            means = [statistics.mean(v) for v in values]
+            sign = -1.0 if _lower_is_better(task) else 1.0
+            lead = sign * (means[0] - means[1])
+            error = math.sqrt(sum(statistics.variance(v) / len(v) for v in values))
+            verdict = (
+                "even" if abs(lead) < 2 * error or lead == 0 else (first if lead > 0 else second)
+            )
+            ratio = f"{lead / error:+.1f}" if error else "-"
+            lines.append(
+                f"| {task} | {first} | {second} | {lead:+.2f} | {100 * lead / means[1]:+.1f}% | "
+                f"{error:.2f} | {ratio} | {verdict} |"
+            )
         return "\n".join(lines) + "\n"
 
 

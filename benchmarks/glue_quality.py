@@ -282,6 +282,10 @@ def _run_one(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
     return record
 
 
+def _tuned_report(protocol: _lr_grid.TunedProtocol, records: list[dict]) -> str:
+    return f"{protocol.table(records)}\nAt the tuned rates:\n\n{protocol.comparison(records)}"
+
+
 def run_tuned(args, path: Path, records: list[dict]) -> None:
     """The tuned comparison (``--lr_grid``): run the next planned run until none is left."""
     tasks = list(args.tasks) + (["gpt2-wikitext2"] if args.wikitext_dir else [])
@@ -293,12 +297,13 @@ def run_tuned(args, path: Path, records: list[dict]) -> None:
         seeds={t: args.rte_seeds if t == "rte" else args.seeds for t in tasks},
         epochs={t: None if t == gpt2 else args.num_train_epochs for t in tasks},
     )  # fmt: skip
+
     while plan := protocol.plan(records):
         records.append(_run_one(args, *plan[0]))
         path.write_text(json.dumps(records, indent=2))
-        path.with_suffix(".md").write_text(protocol.table(records))
-    path.with_suffix(".md").write_text(protocol.table(records))
-    print(protocol.table(records))
+        path.with_suffix(".md").write_text(_tuned_report(protocol, records))
+    path.with_suffix(".md").write_text(_tuned_report(protocol, records))
+    print(_tuned_report(protocol, records))
 
 
 def gpt2_plan(args: argparse.Namespace) -> list[tuple[str, str, int, dict]]:

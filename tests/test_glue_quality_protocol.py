@@ -148,3 +148,31 @@ def test_gpt2_run_settings_are_refused_with_lr_grid(monkeypatch, capsys, flags) 
     with pytest.raises(SystemExit):
         glue_quality.parse_args()
     assert "--gpt2_learning_rate/--gpt2_optim_args do not apply" in capsys.readouterr().err
+
+
+def test_the_comparison_weighs_the_lead_against_the_seed_spread() -> None:
+    records = [_record("mrpc", "adabalance", 0, r, v)
+               for r, v in ((3e-5, 0.80), (1e-4, 0.86), (3e-4, 0.84))]  # fmt: skip
+    records += [_record("mrpc", "adabalance", s, 1e-4, v) for s, v in ((1, 0.84), (2, 0.85))]
+    records += [_record("mrpc", "adamw", 0, r, v)
+                for r, v in ((3e-5, 0.80), (1e-4, 0.78), (3e-4, 0.70))]  # fmt: skip
+    records.append(_record("mrpc", "adamw", 1, 3e-5, 0.81))
+    assert "| mrpc |" not in PROTOCOL.comparison(records)  # AdamW's seed 2 has not run
+    records.append(_record("mrpc", "adamw", 2, 3e-5, 0.79))
+    # means 85 and 80, standard deviations 1 and 1: SE = sqrt(1/3 + 1/3) = 0.816, lead 6.1 SE
+    row = next(line for line in PROTOCOL.comparison(records).splitlines() if "| mrpc |" in line)
+    assert row == "| mrpc | adabalance | adamw | +5.00 | +6.2% | 0.82 | +6.1 | adabalance |"
+
+
+def test_a_lead_under_two_standard_errors_is_even_and_perplexity_leads_when_lower() -> None:
+    protocol = TunedProtocol(optimizers={"gpt2-wikitext2": ["adabalancew", "adamw_torch"]},
+                             grids={"gpt2-wikitext2": [3e-3]}, seeds={"gpt2-wikitext2": [1, 2]},
+                             epochs={"gpt2-wikitext2": None})  # fmt: skip
+    runs = {"adabalancew": (211.0, 221.0, 207.0), "adamw_torch": (222.0, 214.0, 211.0)}
+    records = [_record("gpt2-wikitext2", name, seed, 3e-3, value, epochs=None)
+               for name, values in runs.items() for seed, value in enumerate(values)]  # fmt: skip
+    # means 213 and 215.667: AdaBalance leads by 2.67; variances 52 and 32.33: SE 5.30
+    row = protocol.comparison(records).splitlines()[-1]
+    assert row == (
+        "| gpt2-wikitext2 | adabalancew | adamw_torch | +2.67 | +1.2% | 5.30 | +0.5 | even |"
+    )
