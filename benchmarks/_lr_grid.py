@@ -106,7 +106,7 @@ class TunedProtocol:
                 best = self.best_rate(records, task, optimizer)
                 runs = self.tuned_records(records, task, optimizer)
                 values = [_shown(task, r) for r in runs]
-                numbers = [float(v) for v in values]
+                numbers = [_value(task, r) for r in runs]
                 lines.append(
                     f"| {task} | {runs[0]['metric'] if runs else '-'} | {optimizer} | "
                     f"{', '.join(cells)} | {'-' if best is None else f'{best:g}'} | {len(runs)} "
@@ -139,7 +139,7 @@ class TunedProtocol:
             if len(optimizers) < 2:
                 continue
             first, second = optimizers[0], optimizers[1]
-            values = [[float(_shown(task, r)) for r in self.tuned_records(records, task, name)]
+            values = [[_value(task, r) for r in self.tuned_records(records, task, name)]
                       for name in (first, second)]  # fmt: skip
             wanted = len({0, *self.seeds[task]})
             if any(len(v) != wanted for v in values) or wanted < 2:
@@ -159,9 +159,13 @@ class TunedProtocol:
         return "\n".join(lines) + "\n"
 
 
+def _value(task: str, record: dict) -> float:
+    """A run's result as the tables show it: GLUE metrics in %, perplexity as is."""
+    return record["value"] if _lower_is_better(task) else 100 * record["value"]
+
+
 def _shown(task: str, record: dict) -> str:
-    value = record["value"] if _lower_is_better(task) else 100 * record["value"]
-    return f"{value:.2f}"
+    return f"{_value(task, record):.2f}"
 
 
 def tuned_runs(records: Sequence[dict]) -> list[dict]:
