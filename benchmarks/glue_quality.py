@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _lr_grid  # noqa: E402
 
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
+# what a GPT-2 record keeps of the optimizer it ran (its lr is the schedule's last, not kept)
+SETTINGS = ("class", "final_lr", "gamma", "beta3", "weight_decay")
 GPT2_LR = 1e-3  # the GPT-2 runs' rate unless told otherwise
 # --optimizers names as the GPT-2 recipe calls them (its AdaBalance is adabalancew, DEFAULT_OPTIM)
 GPT2_NAMES = {"adamw": "adamw_torch", "adabalance": "adabalancew"}
@@ -245,6 +247,7 @@ def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
         "value": results["validation_perplexity"],
         "steps": args.gpt2_steps,
         "num_parameters": results["num_parameters"],
+        "optimizer_settings": {k: v for k, v in results["optimizer"].items() if k in SETTINGS},
         "train_loss": [(e["step"], e["loss"]) for e in results["log_history"] if "loss" in e],
         "wall_time_s": wall,
     }

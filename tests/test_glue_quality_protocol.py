@@ -176,3 +176,26 @@ def test_a_lead_under_two_standard_errors_is_even_and_perplexity_leads_when_lowe
     assert row == (
         "| gpt2-wikitext2 | adabalancew | adamw_torch | +2.67 | +1.2% | 5.30 | +0.5 | even |"
     )
+
+
+def test_a_gpt2_record_keeps_the_settings_its_optimizer_ran_with(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_recipe_gpt2 import _text
+
+    (tmp_path / "test.txt").write_text(_text(400, 0))  # the names WikiText-2's folder has
+    (tmp_path / "valid.txt").write_text(_text(80, 1))
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"), "--tasks",
+        "--wikitext_dir", str(tmp_path), "--optimizers", "adabalance", "--seeds", "0",
+        "--gpt2_steps", "3", "--gpt2_optim_args", "final_lr=0.2",
+        "--results_dir", str(tmp_path), "--name", "gpt2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = json.loads((tmp_path / "gpt2.json").read_text())
+    assert record["options"] == {"optim_args": "final_lr=0.2"}
+    # final_lr from --gpt2_optim_args, beta3 the recipe's default, gamma the name's
+    settings = record["optimizer_settings"]
+    assert settings == {"class": "AdaBalance", "final_lr": 0.2, "gamma": 1e-4, "beta3": 0.99,
+                        "weight_decay": 0.01}  # fmt: skip
