@@ -116,7 +116,7 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=[""],
         help="AdaBalance --optim_args for the GPT-2 runs, one run per string ('' = the GPT-2 "
-        "recipe's defaults, beta3=0.99,gamma=1e-4), e.g. '' 'beta3=0.999,gamma=1e-3'",
+        "recipe's defaults, beta3=0.99,final_lr=0.3,gamma=1e-4), e.g. '' 'beta3=0.999,gamma=1e-3'",
     )
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="glue_quality")

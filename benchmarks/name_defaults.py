@@ -360,8 +360,21 @@ def glue_run(args, label: str, seed: int) -> dict:
 # --------------------------------------------------------------------------- GPT-2 recipe
 
 
+def _with_name_defaults(optim: str, optim_args: str) -> str:
+    """``optim_args`` with the names' fine-tuning defaults it leaves open written out, so the
+    GPT-2 recipe's own defaults (``DEFAULT_OPTIM_ARGS``) do not change what a setting means."""
+    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS, parse_optim_args
+
+    if not optim.startswith("adabalance"):
+        return optim_args
+    given = parse_optim_args(optim_args)
+    open_ones = [f"{k}={v:g}" for k, v in FINE_TUNING_DEFAULTS.items() if k not in given]
+    return ",".join(part for part in (optim_args, *open_ones) if part)
+
+
 def gpt2_run(args, label: str, seed: int) -> dict:
     optim, optim_args, _ = parse_setting(label)
+    optim_args = _with_name_defaults(optim, optim_args)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     started = time.time()
     with tempfile.TemporaryDirectory() as out:

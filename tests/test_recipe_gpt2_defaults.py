@@ -1,4 +1,4 @@
-"""recipes/gpt2.py defaults: adabalancew with beta3=0.99 unless the user says otherwise.
+"""recipes/gpt2.py defaults: adabalancew, beta3=0.99, final_lr=0.3 unless the user says otherwise.
 
 The numbers the tests compare against are written here, so a silent change of a recipe default
 fails a test. gamma=1e-4 is the Trainer integration's fine-tuning default.
@@ -22,7 +22,8 @@ from test_recipe_gpt2 import write_text_files
 
 from adabalance_hf.integrations.transformers import adabalance_optimizer_kwargs
 
-RECIPE_BETA3, RECIPE_GAMMA = 0.99, 1e-4
+RECIPE_BETA3, RECIPE_FINAL_LR, RECIPE_GAMMA = 0.99, 0.3, 1e-4
+RECIPE_APPLIED = {"beta3": RECIPE_BETA3, "final_lr": RECIPE_FINAL_LR}
 PAPER_BETA3, PAPER_GAMMA = 0.999, 1e-3
 
 
@@ -35,9 +36,10 @@ def _parse(tmp_path, *extra):
 def test_no_flags_give_adabalancew_with_the_recipe_beta3_and_gamma(tmp_path):
     _, _, training_args, applied = _parse(tmp_path)
     assert training_args.optim == "adabalancew"
-    assert applied == {"beta3": RECIPE_BETA3}
+    assert applied == RECIPE_APPLIED
     kwargs = adabalance_optimizer_kwargs(training_args)
     assert kwargs["beta3"] == RECIPE_BETA3
+    assert kwargs["final_lr"] == RECIPE_FINAL_LR
     assert kwargs["gamma"] == RECIPE_GAMMA
     assert kwargs["decoupled_weight_decay"] is True
 
@@ -45,31 +47,38 @@ def test_no_flags_give_adabalancew_with_the_recipe_beta3_and_gamma(tmp_path):
 def test_the_l2_variant_gets_the_recipe_beta3_and_gamma_too(tmp_path):
     _, _, training_args, _ = _parse(tmp_path, "--optim", "adabalance")
     kwargs = adabalance_optimizer_kwargs(training_args)
-    assert (kwargs["beta3"], kwargs["gamma"]) == (RECIPE_BETA3, RECIPE_GAMMA)
+    assert (kwargs["beta3"], kwargs["final_lr"], kwargs["gamma"]) == (
+        RECIPE_BETA3,
+        RECIPE_FINAL_LR,
+        RECIPE_GAMMA,
+    )
     assert not kwargs.get("decoupled_weight_decay", False)
 
 
 @pytest.mark.parametrize(
-    "flags",
+    ("flags", "final_lr"),
     [
-        ("--optim_args", f"beta3={PAPER_BETA3}"),
-        ("--optim_args", f" beta3 = {PAPER_BETA3} , final_lr=0.1"),
-        (f"--optim_args=beta3={PAPER_BETA3}",),
+        (("--optim_args", f"beta3={PAPER_BETA3}"), RECIPE_FINAL_LR),
+        (("--optim_args", f" beta3 = {PAPER_BETA3} , final_lr=0.1"), 0.1),
+        ((f"--optim_args=beta3={PAPER_BETA3}",), RECIPE_FINAL_LR),
     ],
     ids=["optim_args", "spaced", "equals"],
 )
-def test_an_explicit_beta3_wins_even_when_it_equals_the_optimizer_default(tmp_path, flags):
-    # 0.999 is AdaBalance's own default: only optim_args can tell "given" from "left open".
+def test_an_explicit_value_wins_even_when_it_equals_the_optimizer_default(
+    tmp_path, flags, final_lr
+):
+    # 0.999 and 0.1 are AdaBalance's own defaults: only optim_args tells "given" from "left open"
     _, _, training_args, applied = _parse(tmp_path, *flags)
-    assert applied == {}
+    assert applied == ({} if final_lr != RECIPE_FINAL_LR else {"final_lr": RECIPE_FINAL_LR})
     kwargs = adabalance_optimizer_kwargs(training_args)
     assert kwargs["beta3"] == PAPER_BETA3
+    assert kwargs["final_lr"] == final_lr
     assert kwargs["gamma"] == RECIPE_GAMMA
 
 
 def test_an_explicit_gamma_wins(tmp_path):
     _, _, training_args, applied = _parse(tmp_path, "--optim_args", f"gamma={PAPER_GAMMA}")
-    assert applied == {"beta3": RECIPE_BETA3}
+    assert applied == RECIPE_APPLIED
     kwargs = adabalance_optimizer_kwargs(training_args)
     assert (kwargs["gamma"], kwargs["beta3"]) == (PAPER_GAMMA, RECIPE_BETA3)
 
@@ -89,14 +98,14 @@ def test_json_config_gets_the_same_defaults_and_overrides(tmp_path):
 
     _, _, training_args, applied = gpt2.parse([str(config)])
     assert training_args.optim == "adabalancew"
-    assert applied == {"beta3": RECIPE_BETA3}
+    assert applied == RECIPE_APPLIED
 
     config.write_text(
         json.dumps({"output_dir": str(tmp_path / "out"), "optim_args": f"beta3={PAPER_BETA3}"})
     )
     _, _, training_args, applied = gpt2.parse([str(config)])
     assert adabalance_optimizer_kwargs(training_args)["beta3"] == PAPER_BETA3
-    assert applied == {}
+    assert applied == {"final_lr": RECIPE_FINAL_LR}
 
 
 def test_a_run_without_optimizer_flags_trains_with_the_recipe_defaults(tmp_path):
@@ -116,6 +125,24 @@ def test_a_run_without_optimizer_flags_trains_with_the_recipe_defaults(tmp_path)
     assert optimizer["beta3"] == RECIPE_BETA3
     assert optimizer["gamma"] == RECIPE_GAMMA
     assert optimizer["decoupled_weight_decay"] is True
-    assert results["recipe_defaults_applied"] == {"beta3": RECIPE_BETA3}
+    assert optimizer["final_lr"] == RECIPE_FINAL_LR
+    assert results["recipe_defaults_applied"] == RECIPE_APPLIED
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["training_arguments"]["optim"] == "adabalancew"
+
+
+def test_name_defaults_gpt2_settings_keep_the_names_values_through_the_recipe(tmp_path):
+    # benchmarks/name_defaults.py measures the Trainer names' defaults with this recipe: the
+    # recipe's own final_lr must not leak into those runs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from name_defaults import GLUE_RECIPE, _with_name_defaults
+
+    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
+
+    optim_args = _with_name_defaults("adabalancew", GLUE_RECIPE)
+    _, _, training_args, applied = _parse(tmp_path, "--optim_args", optim_args)
+    assert applied == {}
+    assert (
+        adabalance_optimizer_kwargs(training_args)["final_lr"] == FINE_TUNING_DEFAULTS["final_lr"]
+    )
+    assert _with_name_defaults("adamw_torch", "") == ""
