@@ -300,13 +300,13 @@ def run_tuned(args, path: Path, records: list[dict]) -> None:
         seeds={t: args.rte_seeds if t == "rte" else args.seeds for t in tasks},
         epochs={t: None if t == gpt2 else args.num_train_epochs for t in tasks},
     )  # fmt: skip
-
     while plan := protocol.plan(records):
         records.append(_run_one(args, *plan[0]))
         path.write_text(json.dumps(records, indent=2))
         path.with_suffix(".md").write_text(_tuned_report(protocol, records))
-    path.with_suffix(".md").write_text(_tuned_report(protocol, records))
-    print(_tuned_report(protocol, records))
+    report = _tuned_report(protocol, records)
+    path.with_suffix(".md").write_text(report)
+    print(report)
 
 
 def gpt2_plan(args: argparse.Namespace) -> list[tuple[str, str, int, dict]]:
