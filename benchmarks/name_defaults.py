@@ -44,6 +44,7 @@ import math
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,9 @@ from pathlib import Path
 from glue_quality import gpt2_command  # benchmarks/, the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+from gpt2 import fill_open_options  # noqa: E402  (the recipe's own way of filling optim_args)
+
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "name_defaults.json"
 
@@ -363,13 +367,9 @@ def glue_run(args, label: str, seed: int) -> dict:
 def _with_name_defaults(optim: str, optim_args: str) -> str:
     """``optim_args`` with the names' fine-tuning defaults it leaves open written out, so the
     GPT-2 recipe's own defaults (``DEFAULT_OPTIM_ARGS``) do not change what a setting means."""
-    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS, parse_optim_args
+    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
 
-    if not optim.startswith("adabalance"):
-        return optim_args
-    given = parse_optim_args(optim_args)
-    open_ones = [f"{k}={v:g}" for k, v in FINE_TUNING_DEFAULTS.items() if k not in given]
-    return ",".join(part for part in (optim_args, *open_ones) if part)
+    return fill_open_options(optim, optim_args, FINE_TUNING_DEFAULTS)[0]
 
 
 def gpt2_run(args, label: str, seed: int) -> dict:

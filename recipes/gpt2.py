@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataArguments", "ModelArguments", "main"]
+__all__ = ["DataArguments", "ModelArguments", "fill_open_options", "main"]
 
 # The recipe's departures from the Trainer integration's fine-tuning defaults, measured on
 # WikiText-2 (benchmarks/results/glue_quality.md, gpt2_settings.md): the decoupled weight decay of
@@ -203,7 +203,6 @@ def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments,
     from transformers import HfArgumentParser
 
     from adabalance_hf import AdaBalanceTrainingArguments
-    from adabalance_hf.integrations.transformers import adabalance_optimizer_names, parse_optim_args
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, AdaBalanceTrainingArguments))
@@ -213,13 +212,33 @@ def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments,
         model_args, data_args, training_args = parser.parse_dict(config)
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    applied: dict[str, float] = {}
-    if training_args.optim in adabalance_optimizer_names():
-        given = parse_optim_args(training_args.optim_args)
-        applied = {key: value for key, value in DEFAULT_OPTIM_ARGS.items() if key not in given}
-        pairs = [training_args.optim_args or "", *(f"{k}={v}" for k, v in applied.items())]
-        training_args.optim_args = ",".join(pair for pair in pairs if pair)
+    training_args.optim_args, applied = fill_open_options(
+        training_args.optim, training_args.optim_args, DEFAULT_OPTIM_ARGS
+    )
     return model_args, data_args, training_args, applied
+
+
+def fill_open_options(
+    optim: str, optim_args: str | None, defaults: dict[str, float]
+) -> tuple[str | None, dict[str, float]]:
+    """Append to an AdaBalance name's ``optim_args`` the ``defaults`` it leaves open.
+
+    Args:
+        optim (str): the ``--optim`` name; other optimizers' ``optim_args`` are returned as is.
+        optim_args (str, optional): the ``--optim_args`` string, ``key=value`` pairs.
+        defaults (dict): the options to fill in where ``optim_args`` does not set them.
+
+    Returns:
+        The new ``optim_args`` string and the options filled in.
+    """
+    from adabalance_hf.integrations.transformers import adabalance_optimizer_names, parse_optim_args
+
+    if optim not in adabalance_optimizer_names():
+        return optim_args, {}
+    given = parse_optim_args(optim_args)
+    applied = {key: value for key, value in defaults.items() if key not in given}
+    pairs = [optim_args or "", *(f"{k}={v}" for k, v in applied.items())]
+    return ",".join(pair for pair in pairs if pair), applied
 
 
 def main(argv=None) -> dict:
