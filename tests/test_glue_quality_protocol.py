@@ -179,7 +179,6 @@ def test_a_lead_under_two_standard_errors_is_even_and_perplexity_leads_when_lowe
 
 
 def test_a_gpt2_record_keeps_the_settings_its_optimizer_ran_with(tmp_path) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
     from test_recipe_gpt2 import _text
 
     (tmp_path / "test.txt").write_text(_text(400, 0))  # the names WikiText-2's folder has
