@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _dist_accelerate import accelerate_reference, accelerate_worker
 from _dist_helpers import (
     STEPS,
-    accelerate_reference,
-    accelerate_worker,
     assert_same_params,
     free_port,
     needs_gloo,
@@ -30,7 +29,7 @@ pytestmark = needs_gloo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
-SCRIPT = Path(__file__).resolve().parent / "_dist_helpers.py"
+SCRIPT = Path(__file__).resolve().parent / "_dist_accelerate.py"
 GPU_ONLY = {"multi_gpu_ddp.yaml", "fsdp2.yaml"}
 _LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                 "MASTER_PORT", "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP",
@@ -43,7 +42,7 @@ def reference() -> dict:
 
 
 def launch(tmp_path: Path, *launch_args: str, flags: tuple[str, ...] = ()) -> tuple[list, str]:
-    """``accelerate launch LAUNCH_ARGS tests/_dist_helpers.py OUT FLAGS``; return the per-process
+    """``accelerate launch LAUNCH_ARGS tests/_dist_accelerate.py OUT FLAGS``; return the per-process
     results and the combined output."""
     out = tmp_path / "out"
     out.mkdir()
