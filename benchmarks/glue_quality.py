@@ -128,7 +128,7 @@ def parse_args() -> argparse.Namespace:
         "side under other --name values) to --name's records, skipping runs it already has",
     )
     args = p.parse_args()
-    if args.tasks and not args.glue_dir:
+    if args.tasks and not args.glue_dir and not args.merge:  # merging reads only records
         p.error("--glue_dir is required for GLUE tasks (e.g. ../shared/data/glue); "
                 "pass --tasks with no names to run only GPT-2")  # fmt: skip
     if args.lr_grid and (args.sweep or args.merge):

@@ -198,3 +198,20 @@ def test_a_gpt2_record_keeps_the_settings_its_optimizer_ran_with(tmp_path) -> No
     settings = record["optimizer_settings"]
     assert settings == {"class": "AdaBalance", "final_lr": 0.2, "gamma": 1e-4, "beta3": 0.99,
                         "weight_decay": 0.01}  # fmt: skip
+
+
+def test_merging_queues_needs_no_data_and_keeps_each_run_once(tmp_path) -> None:
+    first = [_record("mrpc", "adamw", 0, 1e-4, 0.86), _record("mrpc", "adamw", 1, 1e-4, 0.85)]
+    second = [_record("mrpc", "adamw", 1, 1e-4, 0.85), _record("rte", "adamw", 0, 3e-5, 0.57)]
+    for record in (*first, *second):
+        record["wall_time_s"] = 60.0  # the table's mean run time
+    for name, records in (("queue_a", first), ("queue_b", second)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(records))
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"), "--tasks", "mrpc", "rte",
+        "--results_dir", str(tmp_path), "--merge", "queue_a", "queue_b", "--name", "merged",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]  # no --glue_dir: merging runs nothing
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged == [*first, second[1]]  # mrpc seed 1 is in both queues: kept once
