@@ -2,8 +2,8 @@
 
 Reads the records ``benchmarks/glue_quality.py`` wrote (``<results_dir>/<name>.json``) and draws
 one PNG per task, ``<results_dir>/<name>_<task>.png``: the training loss of every optimizer
-against the optimizer step, the mean over seeds as a line and the range over seeds as a band.
-Example::
+against the optimizer step and, for GLUE, the dev-set metric after each epoch beside it; the mean
+over seeds as a line and the range over seeds as a band. Example::
 
     python benchmarks/plot_quality.py --name glue_quality
     python benchmarks/plot_quality.py --name glue_tuned --tuned  # each one's tuned rate
@@ -69,24 +69,61 @@ def curves_by_task(
     return found
 
 
-def plot_task(task: str, curves: dict[str, list], metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+def dev_curves_by_task(
+    records: list[dict], tuned: bool = False
+) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+    """``{task: {optimizer label: [one (epoch, dev metric) curve per seed]}}`` of the GLUE runs
+    (GPT-2's records have no per-epoch metric); the metric is the one the task is scored by."""
+    found: dict = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.get("metrics_per_epoch"):
+            values = [epoch[record["metric"]] for epoch in record["metrics_per_epoch"]]
+            found[record["task"]][_label(record, tuned)].append(list(enumerate(values, 1)))
+    return found
+
+
+def _draw_band(ax, label: str, runs: list[list[tuple[int, float]]], **style) -> None:
+    """The mean over seeds as a line, their range as a band (the runs cut to the shortest)."""
+    length = min(len(run) for run in runs)
+    x = np.array([x for x, _ in runs[0][:length]])
+    y = np.array([[y for _, y in run[:length]] for run in runs])
+    (line,) = ax.plot(x, y.mean(axis=0), label=f"{label}, {len(runs)} seed(s)", **style)
+    if len(runs) > 1:
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), alpha=0.2, color=line.get_color())
+
+
+def draw_task(task: str, curves: dict[str, list], metric: str, dev_curves: dict | None = None):
+    """The task's figure: training loss by step and, given ``dev_curves``, the dev metric by
+    epoch on a second axis; one colour per optimizer label on both."""
+    fig, axes = plt.subplots(1, 2 if dev_curves else 1, figsize=(11, 4) if dev_curves else (6.4, 4))
+    axes = np.atleast_1d(axes)
+    labels = sorted(set(curves) | set(dev_curves or {}))
     # tab10's colours are the most distinct; tab20 (pairs of shades) for up to 20 settings
-    ax.set_prop_cycle(color=(plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20).colors)
-    for label, runs in sorted(curves.items()):
-        length = min(len(run) for run in runs)
-        steps = np.array([step for step, _ in runs[0][:length]])
-        losses = np.array([[loss for _, loss in run[:length]] for run in runs])
-        (line,) = ax.plot(steps, losses.mean(axis=0), label=f"{label}, {len(runs)} seed(s)")
-        if len(runs) > 1:
-            ax.fill_between(steps, losses.min(axis=0), losses.max(axis=0), alpha=0.2,
-                            color=line.get_color())  # fmt: skip
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{task}: training loss (scored by {metric.split(' (')[0]})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    palette = (plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20).colors
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    for label in labels:
+        if label in curves:
+            _draw_band(axes[0], label, curves[label], color=colours[label])
+        if dev_curves and label in dev_curves:
+            _draw_band(axes[1], label, dev_curves[label], color=colours[label], marker="o")
+    name = metric.split(" (")[0]
+    axes[0].set(xlabel="optimizer step", ylabel="training loss",
+                title=f"{task}: training loss (scored by {name})")  # fmt: skip
+    if dev_curves:
+        axes[1].set(xlabel="epoch", ylabel=f"dev {name}", title=f"{task}: dev {name} by epoch")
+        axes[1].xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_task(
+    task: str, curves: dict[str, list], metric: str, path: Path, dev_curves: dict | None = None
+) -> None:
+    """Draw the task's figure (``draw_task``) into the PNG ``path``."""
+    fig = draw_task(task, curves, metric, dev_curves)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -100,9 +137,10 @@ def main() -> None:
     elif not args.all_settings:
         records = [r for r in records if not r.get("options")]
     metrics = {r["task"]: r["metric"] for r in records}
+    dev_curves = dev_curves_by_task(records, args.tuned)
     for task, curves in sorted(curves_by_task(records, args.tuned).items()):
         path = results_dir / f"{args.name}_{task}.png"
-        plot_task(task, curves, metrics[task], path)
+        plot_task(task, curves, metrics[task], path, dev_curves.get(task))
         print(f"wrote {path}")
 
 

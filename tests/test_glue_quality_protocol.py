@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +216,28 @@ def test_merging_queues_needs_no_data_and_keeps_each_run_once(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]  # no --glue_dir: merging runs nothing
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged == [*first, second[1]]  # mrpc seed 1 is in both queues: kept once
+
+
+def test_the_dev_panel_shows_the_scored_metric_by_epoch_in_the_loss_curves_colour() -> None:
+    from plot_quality import curves_by_task, dev_curves_by_task, draw_task
+
+    records = []
+    for optimizer, seed, f1 in (("adabalance", 0, (0.80, 0.84)), ("adabalance", 1, (0.82, 0.86)),
+                                ("adamw", 0, (0.70, 0.90))):  # fmt: skip
+        record = _record("mrpc", optimizer, seed, 3e-5, f1[-1])
+        record["train_loss"] = [[10, 0.7], [20, 0.6]]
+        record["metrics_per_epoch"] = [{"accuracy": 0.5, "f1": value} for value in f1]
+        records.append(record)
+    gpt2 = _record("gpt2-wikitext2", "adamw_torch", 0, 3e-3, 215.0, epochs=None)
+    dev = dev_curves_by_task([*records, gpt2], tuned=True)
+    assert set(dev) == {"mrpc"}  # GPT-2's records have no per-epoch metric
+    assert dev["mrpc"]["adabalance (lr=3e-05)"] == [[(1, 0.80), (2, 0.84)], [(1, 0.82), (2, 0.86)]]
+    figure = draw_task("mrpc", curves_by_task(records, True)["mrpc"], "f1", dev["mrpc"])
+    loss_axis, dev_axis = figure.axes
+    lines = {line.get_label(): line for line in dev_axis.get_lines()}
+    ours = lines["adabalance (lr=3e-05), 2 seed(s)"]
+    assert list(ours.get_xdata()) == [1, 2]
+    assert np.allclose(ours.get_ydata(), [0.81, 0.85])  # the mean over the seeds, of F1
+    loss_colours = {line.get_label(): line.get_color() for line in loss_axis.get_lines()}
+    assert loss_colours == {label: line.get_color() for label, line in lines.items()}
+    assert len(set(loss_colours.values())) == 2
