@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -57,29 +58,33 @@ def _label(record: dict, tuned: bool = False) -> str:
     return f"{record['optimizer']} ({extra})" if extra else record["optimizer"]
 
 
-def curves_by_task(
-    records: list[dict], tuned: bool = False
-) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+Curves = dict[str, dict[str, list[list[tuple[int, float]]]]]
+
+
+def _group_curves(records: list[dict], tuned: bool, curve: Callable[[dict], list | None]) -> Curves:
+    """``{task: {optimizer label: [curve(record) per seed]}}``, records without a curve left out."""
+    found: dict = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if points := curve(record):
+            found[record["task"]][_label(record, tuned)].append(points)
+    return found
+
+
+def curves_by_task(records: list[dict], tuned: bool = False) -> Curves:
     """``{task: {optimizer label: [one (step, loss) curve per seed]}}``, runs without a curve
     left out; ``tuned``: the runs of the tuned comparison, labelled by their rate."""
-    found: dict = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        if record.get("train_loss"):
-            found[record["task"]][_label(record, tuned)].append(record["train_loss"])
-    return found
+    return _group_curves(records, tuned, lambda record: record.get("train_loss"))
 
 
-def dev_curves_by_task(
-    records: list[dict], tuned: bool = False
-) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+def dev_curves_by_task(records: list[dict], tuned: bool = False) -> Curves:
     """``{task: {optimizer label: [one (epoch, dev metric) curve per seed]}}`` of the GLUE runs
     (GPT-2's records have no per-epoch metric); the metric is the one the task is scored by."""
-    found: dict = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        if record.get("metrics_per_epoch"):
-            values = [epoch[record["metric"]] for epoch in record["metrics_per_epoch"]]
-            found[record["task"]][_label(record, tuned)].append(list(enumerate(values, 1)))
-    return found
+
+    def by_epoch(record: dict) -> list | None:
+        epochs = record.get("metrics_per_epoch")
+        return epochs and list(enumerate((epoch[record["metric"]] for epoch in epochs), 1))
+
+    return _group_curves(records, tuned, by_epoch)
 
 
 def _draw_band(ax, label: str, runs: list[list[tuple[int, float]]], **style) -> None:
