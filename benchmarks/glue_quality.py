@@ -5,7 +5,9 @@ AdaBalance and AdamW only.)
 
 Every finished run is appended to ``<results_dir>/<name>.json`` at once, and runs already there
 are skipped, so a long benchmark can be stopped and continued (also across sessions); the table
-``<results_dir>/<name>.md`` is rewritten after every run. Examples::
+``<results_dir>/<name>.md`` is rewritten after every run. A stored run made with other AdaBalance
+settings than the same run gets today (a recipe default changed) stops the benchmark instead of
+counting as done (``_run_settings.py``). Examples::
 
     # the GLUE table: pretrained MiniLM, 3 seeds, SST-2 on a fixed 8,000-example subset
     python benchmarks/glue_quality.py --glue_dir ../shared/data/glue --seeds 0 1 2
@@ -43,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import _lr_grid  # noqa: E402
+import _run_settings  # noqa: E402
 
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 # what a GPT-2 record keeps of the optimizer it ran (its lr is the schedule's last, not kept)
@@ -171,22 +174,32 @@ def _run(command: list[str], out: str) -> tuple[dict, float]:
     return json.loads((Path(out) / "results.json").read_text()), time.time() - start
 
 
+def _train_samples(args, task: str) -> int | None:
+    return args.max_train_samples or (args.sst2_train_samples if task == "sst2" else None)
+
+
+def glue_command(args, task: str, optimizer: str, seed: int, options: dict, out: str) -> list:
+    """The GLUE quality run: ``recipes/glue.py`` on the task's TSVs under ``--glue_dir``."""
+    samples = _train_samples(args, task)
+    command = [
+        sys.executable, str(ROOT / "recipes" / "glue.py"), "--task_name", task,
+        "--data_dir", str(Path(args.glue_dir) / FOLDERS[task]),
+        "--model_name_or_path", args.model, "--optimizer", optimizer, "--seed", str(seed),
+        "--num_train_epochs", str(args.num_train_epochs), "--output_dir", out,
+        "--max_seq_length", str(args.max_seq_length),
+        "--per_device_train_batch_size", str(args.batch_size), *args.extra.split(),
+    ]  # fmt: skip
+    if samples:
+        command += ["--max_train_samples", str(samples)]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
 def glue_run(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
+    samples = _train_samples(args, task)
     with tempfile.TemporaryDirectory() as out:
-        samples = args.max_train_samples or (args.sst2_train_samples if task == "sst2" else None)
-        command = [
-            sys.executable, str(ROOT / "recipes" / "glue.py"), "--task_name", task,
-            "--data_dir", str(Path(args.glue_dir) / FOLDERS[task]),
-            "--model_name_or_path", args.model, "--optimizer", optimizer, "--seed", str(seed),
-            "--num_train_epochs", str(args.num_train_epochs), "--output_dir", out,
-            "--max_seq_length", str(args.max_seq_length),
-            "--per_device_train_batch_size", str(args.batch_size), *args.extra.split(),
-        ]  # fmt: skip
-        if samples:
-            command += ["--max_train_samples", str(samples)]
-        for key, value in options.items():
-            command += [f"--{key}", str(value)]
-        results, wall = _run(command, out)
+        results, wall = _run(glue_command(args, task, optimizer, seed, options, out), out)
     config = results["config"]
     return {
         "task": task,
@@ -228,6 +241,23 @@ def gpt2_command(
         "--disable_tqdm", "true",
     ]  # fmt: skip
     return command + (["--optim_args", optim_args] if optim_args else [])
+
+
+def check_settings(args, path: Path, records: list[dict]) -> None:
+    """Stop if a stored run of this invocation's tasks ran with other AdaBalance settings than
+    the same run gets today (a recipe default changed since): it would count as done."""
+    expected = {}
+    for index, record in enumerate(records):
+        task, optimizer, options = record["task"], record["optimizer"], record["options"]
+        if task == "gpt2-wikitext2" and args.wikitext_dir:
+            lr = options.get("learning_rate", GPT2_LR)
+            command = gpt2_command(args.wikitext_dir, "out", optimizer, lr, args.gpt2_steps,
+                                   record["seed"], options.get("optim_args"))  # fmt: skip
+            expected[index] = _run_settings.expected_settings("gpt2", optimizer, command[2:])
+        elif task in args.tasks:
+            command = glue_command(args, task, optimizer, record["seed"], options, "out")
+            expected[index] = _run_settings.expected_settings("glue", optimizer, command[2:])
+    _run_settings.refuse_stale_runs(path, records, expected)
 
 
 def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
@@ -328,6 +358,8 @@ def main() -> None:
     path = results_dir / f"{args.name}.json"
     records = _load(path)
     done = {_run_key(r) for r in records}
+    if not args.merge:
+        check_settings(args, path, records)
     if args.lr_grid:
         run_tuned(args, path, records)
         return
