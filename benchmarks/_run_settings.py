@@ -9,7 +9,7 @@ parsing, not restated here.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import sys
 from functools import cache
@@ -24,12 +24,11 @@ KEYS = ("final_lr", "gamma", "beta3")  # the settings a record keeps (glue.py's 
 
 @cache
 def _recipe(name: str) -> ModuleType:
-    path = ROOT / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    # imported from recipes/ as benchmarks/name_defaults.py and the recipe tests do; lazily,
+    # since a recipe imports transformers
+    if str(ROOT / "recipes") not in sys.path:
+        sys.path.insert(0, str(ROOT / "recipes"))
+    return importlib.import_module(name)
 
 
 def expected_settings(recipe: str, optimizer: str, recipe_argv: list[str]) -> dict[str, float]:
