@@ -250,9 +250,7 @@ def check_settings(args, path: Path, records: list[dict]) -> None:
     for index, record in enumerate(records):
         task, optimizer, options = record["task"], record["optimizer"], record["options"]
         if task == "gpt2-wikitext2" and args.wikitext_dir:
-            lr = options.get("learning_rate", GPT2_LR)
-            command = gpt2_command(args.wikitext_dir, "out", optimizer, lr, args.gpt2_steps,
-                                   record["seed"], options.get("optim_args"))  # fmt: skip
+            command = gpt2_run_command(args, optimizer, record["seed"], options, "out")
             expected[index] = _run_settings.expected_settings("gpt2", optimizer, command[2:])
         elif task in args.tasks:
             command = glue_command(args, task, optimizer, record["seed"], options, "out")
@@ -260,19 +258,23 @@ def check_settings(args, path: Path, records: list[dict]) -> None:
     _run_settings.refuse_stale_runs(path, records, expected)
 
 
-def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
+def gpt2_run_command(args, optimizer: str, seed: int, options: dict, out: str) -> list[str]:
+    """:func:`gpt2_command` of one planned run: its rate and ``optim_args`` from ``options``."""
     lr = str(options.get("learning_rate", GPT2_LR))
+    return gpt2_command(
+        args.wikitext_dir, out, optimizer, lr, args.gpt2_steps, seed, options.get("optim_args")
+    )
+
+
+def gpt2_run(args, optimizer: str, seed: int, options: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = gpt2_command(
-            args.wikitext_dir, out, optimizer, lr, args.gpt2_steps, seed, options.get("optim_args")
-        )
-        results, wall = _run(command, out)
+        results, wall = _run(gpt2_run_command(args, optimizer, seed, options, out), out)
     return {
         "task": "gpt2-wikitext2",
         "optimizer": optimizer,
         "seed": seed,
         "options": options,
-        "learning_rate": float(lr),
+        "learning_rate": float(options.get("learning_rate", GPT2_LR)),
         "metric": "perplexity (train test.txt, eval valid.txt)",
         "value": results["validation_perplexity"],
         "steps": args.gpt2_steps,
