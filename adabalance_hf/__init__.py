@@ -1,36 +1,65 @@
-"""adabalance-hf: the AdaBalance optimizer for PyTorch and the Hugging Face stack."""
+"""adabalance-hf: the AdaBalance optimizer for PyTorch and the Hugging Face stack.
 
-from .optim import AdaBalance, AdaBalance8bit, adabalance
+``import adabalance_hf`` is cheap: it imports neither torch nor transformers. Its names load on
+first use, and it registers the AdaBalance optimizer names (``optim="adabalance"``,
+``--optim adabalance``) with transformers when, and if, the program imports transformers.
+"""
+
+import importlib
+
+from ._import_hooks import when_imported
 
 __version__ = "0.1.0"
 
-__all__ = ["AdaBalance", "AdaBalance8bit", "__version__", "adabalance"]
-
-# The transformers integration, imported on first use so that `import adabalance_hf` does not
-# import transformers.
-_TRANSFORMERS_NAMES = {
-    "AdaBalanceArgumentsMixin",
-    "AdaBalanceDiagnosticsCallback",
-    "AdaBalanceTrainer",
-    "AdaBalanceTrainerMixin",
-    "AdaBalanceTrainingArguments",
-    "AtomicCheckpointsMixin",
-    "adabalance_optimizer_kwargs",
-    "trainer_param_groups",
+# public name -> the module that defines it, imported on first use.
+_LAZY = {
+    "AdaBalance": ".optim",
+    "AdaBalance8bit": ".optim",
+    "adabalance": ".optim",
+    "FINE_TUNING_DEFAULTS": ".names",
+    "PAPER_OPTIM_ARGS": ".names",
+    "adabalance_cls_and_kwargs": ".names",
+    "adabalance_optimizer_names": ".names",
+    "param_groups": ".param_groups",
+    "trainer_param_groups": ".param_groups",
+    "create_optimizer": ".distributed",
+    "AdaBalanceDiagnosticsCallback": ".integrations.transformers",
+    "AdaBalanceTrainer": ".integrations.transformers",
+    "TrainerChecks": ".integrations.transformers",
+    "adabalance_optimizer_kwargs": ".integrations.transformers",
+    "register_optimizer_names": ".integrations.transformers",
+    "AtomicCheckpointsMixin": ".checkpoint",
 }
 
-
-# The distributed factory, imported on first use (it imports transformers when called).
-_DISTRIBUTED_NAMES = {"create_optimizer"}
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _DISTRIBUTED_NAMES:
-        from . import distributed as _distributed
-
-        return getattr(_distributed, name)
-    if name in _TRANSFORMERS_NAMES:
-        from .integrations import transformers as _integration
-
-        return getattr(_integration, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule: adabalance_hf.optim, adabalance_hf.checkpoint, ...
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def _registration(step: str):
+    def hook(module):
+        from .integrations.transformers import registration
+
+        getattr(registration, step)(module)
+
+    return hook
+
+
+when_imported("transformers.training_args", _registration("register_names"))
+when_imported("transformers.trainer_optimizer", _registration("register_handler"))
+when_imported("transformers.trainer", _registration("register_static_handler"))

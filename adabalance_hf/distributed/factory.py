@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,12 +10,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..optim import AdaBalance
+from ..param_groups import param_groups
 from .launch_checks import check_launch
 
 if TYPE_CHECKING:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-__all__ = ["Sharding", "create_optimizer", "param_groups"]
+__all__ = ["Sharding", "create_optimizer"]
 
 Sharding = Literal["none", "zero1", "fsdp2"]
 _SHARDINGS = ("none", "zero1", "fsdp2")
@@ -32,88 +32,6 @@ def _is_dtensor(param: Tensor) -> bool:
     except ImportError:  # pragma: no cover - torch built without distributed
         return False
     return isinstance(param, DTensor)
-
-
-def param_groups(
-    model: nn.Module,
-    weight_decay: float,
-    *,
-    no_decay: Iterable[str | type[nn.Module]] = (),
-    trainer_cls: type | None = None,
-) -> list[dict[str, Any]]:
-    """Return the non-empty decay / no-decay parameter groups of ``model``.
-
-    The rule is the Trainer's (``trainer_param_groups``: no weight decay on biases and
-    LayerNorm/RMSNorm weights), extended by ``no_decay``.
-
-    Args:
-        model (nn.Module): the model (plain, DDP-wrapped, or sharded with ``fully_shard``).
-        weight_decay (float): weight decay of the decay group.
-        no_decay (iterable of str or module types, optional): more parameters without weight
-            decay: a string is a regular expression searched (case-insensitively) in the full
-            parameter name, e.g. ``"embeddings"``; a module class excludes the
-            parameters of every module of that class (e.g. ``nn.Embedding``). Default: ``()``
-        trainer_cls (type, optional): the ``transformers.Trainer`` subclass whose
-            ``get_decay_parameter_names`` defines the rule. Default: ``transformers.Trainer``
-
-    Returns:
-        list[dict]: ``{"params": [...], "weight_decay": ...}`` groups, empty ones left out.
-
-    Raises:
-        TypeError: if ``model`` is not an ``nn.Module`` or a ``no_decay`` entry is neither a
-            string nor an ``nn.Module`` subclass.
-        ValueError: if ``model`` has no parameter with ``requires_grad=True``.
-    """
-    from transformers import Trainer
-
-    from ..integrations.transformers import trainer_param_groups
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"create_optimizer: `model` must be a torch.nn.Module, got {type(model).__name__}; "
-            f"pass the model itself (not model.parameters())"
-        )
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
-            f"create_optimizer: `model` ({type(model).__name__}) has no trainable parameters "
-            f"(none with requires_grad=True); unfreeze some (p.requires_grad_(True)) before "
-            f"building the optimizer"
-        )
-    patterns: list[re.Pattern[str]] = []
-    module_types: list[type[nn.Module]] = []
-    for entry in no_decay:
-        if isinstance(entry, str):
-            patterns.append(re.compile(entry, re.IGNORECASE))
-        elif isinstance(entry, type) and issubclass(entry, nn.Module):
-            module_types.append(entry)
-        else:
-            raise TypeError(
-                f"create_optimizer: `no_decay` entries must be regular-expression strings or "
-                f"nn.Module subclasses, got {entry!r}"
-            )
-    base = trainer_cls if trainer_cls is not None else Trainer
-    if patterns or module_types:
-        excluded = {
-            f"{module_name}.{name}" if module_name else name
-            for module_name, module in model.named_modules()
-            if isinstance(module, tuple(module_types))
-            for name, _ in module.named_parameters(recurse=False)
-        }
-
-        def decay_names(self: Any, model: nn.Module) -> list[str]:
-            names = base.get_decay_parameter_names(self, model)
-            return [
-                name
-                for name in names
-                if name not in excluded and not any(p.search(name) for p in patterns)
-            ]
-
-        name = f"{base.__name__}WithNoDecay"
-        rule = type(name, (base,), {"get_decay_parameter_names": decay_names})
-    else:
-        rule = base
-    groups = trainer_param_groups(model, weight_decay, trainer_cls=rule)
-    return [group for group in groups if group["params"]]
 
 
 def create_optimizer(

@@ -1,55 +1,42 @@
-"""AdaBalance for Hugging Face Transformers: Trainer, training arguments, optimizer names.
+"""AdaBalance for Hugging Face Transformers (and TRL, which builds on its Trainer).
 
-Three ways in:
+``import adabalance_hf`` registers the AdaBalance optimizer names with transformers
+(:mod:`.registration`): ``TrainingArguments(optim="adabalance")``, ``--optim adabalancew_8bit``,
+every TRL config, the stock ``Trainer``. Other ways in, for an optimizer object:
+``Trainer(optimizers=(AdaBalance(trainer_param_groups(model, args.weight_decay),
+**adabalance_optimizer_kwargs(args)), None))`` or ``Trainer(optimizer_cls_and_kwargs=(AdaBalance,
+adabalance_optimizer_kwargs(args)))``.
 
-1. An optimizer object: ``Trainer(..., optimizers=(AdaBalance(trainer_param_groups(model,
-   args.weight_decay), **adabalance_optimizer_kwargs(args)), None))``.
-2. ``Trainer(..., optimizer_cls_and_kwargs=(AdaBalance, adabalance_optimizer_kwargs(args)))``.
-3. The names: ``AdaBalanceTrainer(..., args=AdaBalanceTrainingArguments(optim="adabalance",
-   ...))``, or ``--optim adabalance`` parsed by ``HfArgumentParser(AdaBalanceTrainingArguments)``;
-   any other Trainer and arguments class gets them from :class:`AdaBalanceTrainerMixin` and
-   :class:`AdaBalanceArgumentsMixin` (TRL's: :mod:`adabalance_hf.integrations.trl`).
-
-Crash-safe checkpoints for any Trainer: :class:`AtomicCheckpointsMixin`.
+Names load on first use, so that the registration hook, which imports this package while
+transformers imports ``training_args``, does not import the ``Trainer`` too.
 """
 
-from .atomic_checkpoints import AtomicCheckpointsMixin
-from .callback import (
-    AdaBalanceDiagnosticsCallback,
-    adabalance_diagnostics,
-    add_diagnostics_callback,
-)
-from .kwargs import adabalance_optimizer_kwargs, trainer_param_groups
-from .optim_args import optim_args_keys, parse_optim_args
-from .optim_names import (
-    FINE_TUNING_DEFAULTS,
-    PAPER_OPTIM_ARGS,
-    adabalance_optimizer_names,
-    all_optimizer_names,
-    optimizer_class,
-)
-from .optimizer_coverage import TrainableParametersCheck, check_optimizer_holds_trainable_parameters
-from .trainer import AdaBalanceTrainer, AdaBalanceTrainerMixin
-from .training_args import AdaBalanceArgumentsMixin, AdaBalanceTrainingArguments
+import importlib
 
-__all__ = [
-    "FINE_TUNING_DEFAULTS",
-    "PAPER_OPTIM_ARGS",
-    "AdaBalanceArgumentsMixin",
-    "AdaBalanceDiagnosticsCallback",
-    "AdaBalanceTrainer",
-    "AdaBalanceTrainerMixin",
-    "AdaBalanceTrainingArguments",
-    "AtomicCheckpointsMixin",
-    "TrainableParametersCheck",
-    "adabalance_diagnostics",
-    "adabalance_optimizer_kwargs",
-    "adabalance_optimizer_names",
-    "add_diagnostics_callback",
-    "all_optimizer_names",
-    "check_optimizer_holds_trainable_parameters",
-    "optim_args_keys",
-    "optimizer_class",
-    "parse_optim_args",
-    "trainer_param_groups",
-]
+# public name -> the submodule that defines it.
+_LAZY = {
+    "AdaBalanceDiagnosticsCallback": "callback",
+    "adabalance_diagnostics": "callback",
+    "add_diagnostics_callback": "callback",
+    "TrainerChecks": "checks",
+    "check_optimizer_holds_trainable_parameters": "checks",
+    "OptimizerOptionError": "registration",
+    "adabalance_optimizer_kwargs": "registration",
+    "get_adabalance": "registration",
+    "register_optimizer_names": "registration",
+    "AdaBalanceTrainer": "trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -32,7 +32,7 @@ from transformers.trainer_callback import DefaultFlowCallback
 
 from ...optim import AdaBalance, decoded_state
 from ...optim._step_scalars import step_scalars
-from .optimizer_coverage import TrainableParametersCheck
+from .checks import TrainerChecks
 
 __all__ = ["AdaBalanceDiagnosticsCallback", "adabalance_diagnostics", "add_diagnostics_callback"]
 
@@ -136,7 +136,7 @@ def adabalance_diagnostics(
     }
 
 
-class AdaBalanceDiagnosticsCallback(TrainableParametersCheck):
+class AdaBalanceDiagnosticsCallback(TrainerChecks):
     """Add AdaBalance's bounds and the fractions of elements at them to the Trainer's logs.
 
     On by default in :class:`AdaBalanceTrainer`. With a plain ``Trainer`` pass it in
@@ -144,10 +144,11 @@ class AdaBalanceDiagnosticsCallback(TrainableParametersCheck):
     callbacks after it) or call :func:`add_diagnostics_callback` (also reaches the reporting
     integrations such as TensorBoard, which otherwise run before it). It does nothing, apart
     from one info message, when the optimizer is not AdaBalance. See the module docstring for
-    the keys and the cost.
+    the keys and the cost. It runs :class:`TrainerChecks`' checks at train start too.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._step_lrs: list[float | Tensor] | None = None
         self._told_not_adabalance = False
 

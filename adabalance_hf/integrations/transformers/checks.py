@@ -1,10 +1,16 @@
-"""At train start: does the optimizer hold the parameters the model will train?
+"""Two checks at train start that a stock ``Trainer`` lacks, in one callback, ``TrainerChecks``.
 
-An optimizer object built from a model before PEFT (``get_peft_model``, or TRL's
-``peft_config=``) wrapped it holds the base weights, which the adapter froze, and none of the
-adapter's new tensors: every step then updates nothing, and nothing says so. That is true of
-any optimizer object, so :class:`AdaBalanceTrainer` and :class:`AdaBalanceDiagnosticsCallback`
-check at train start that the optimizer holds the model's trainable parameters.
+* The launch: a launcher that announced ``N`` processes but built another world (``accelerate
+  launch --config_file recipes/configs/multi_cpu.yaml`` without ``--use_cpu true``: every rank
+  training alone into one output folder) stops with the fix
+  (:func:`~adabalance_hf.distributed.check_trainer_launch`).
+* The optimizer's parameters: an optimizer object built from a model before PEFT
+  (``get_peft_model``, or TRL's ``peft_config=``) wrapped it holds the base weights, which the
+  adapter froze, and none of the adapter's new tensors: every step then updates nothing, and
+  nothing says so. That is true of any optimizer object.
+
+``AdaBalanceTrainer`` installs the callback; with any other Trainer pass
+``callbacks=[TrainerChecks()]``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-__all__ = ["TrainableParametersCheck", "check_optimizer_holds_trainable_parameters"]
+from ...distributed.launch_checks import check_trainer_launch
+
+__all__ = ["TrainerChecks", "check_optimizer_holds_trainable_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +32,8 @@ _FIRST_NAMES = 5
 _FIX = (
     "Build the optimizer after the model is wrapped (after get_peft_model, or from "
     "trainer.model), or let the Trainer build it: pass optimizer_cls_and_kwargs=(AdaBalance, "
-    "adabalance_optimizer_kwargs(args)) instead of optimizers=(optimizer, None), or use an "
-    "AdaBalance optim name with AdaBalanceTrainer"
+    "adabalance_optimizer_kwargs(args)) instead of optimizers=(optimizer, None), or set "
+    "optim='adabalance' (--optim adabalance)"
 )
 
 
@@ -90,12 +98,19 @@ def check_optimizer_holds_trainable_parameters(
         )
 
 
-class TrainableParametersCheck(TrainerCallback):
-    """Run :func:`check_optimizer_holds_trainable_parameters` at train start.
+class TrainerChecks(TrainerCallback):
+    """At train start, check the launch and the optimizer's parameters (see the module).
 
-    :class:`AdaBalanceDiagnosticsCallback` is one; :class:`AdaBalanceTrainer` installs this
-    one alone when its diagnostics are off.
+    Args:
+        launch (bool, optional): run :func:`~adabalance_hf.distributed.check_trainer_launch`.
+            Default: ``True``
+        parameters (bool, optional): run :func:`check_optimizer_holds_trainable_parameters`.
+            Default: ``True``
     """
+
+    def __init__(self, *, launch: bool = True, parameters: bool = True) -> None:
+        self.launch = launch
+        self.parameters = parameters
 
     def on_train_begin(
         self,
@@ -106,7 +121,7 @@ class TrainableParametersCheck(TrainerCallback):
         optimizer: Any = None,
         **kwargs: Any,
     ) -> None:
-        """Check the optimizer against the model.
+        """Run the checks.
 
         Args:
             args (TrainingArguments): the training arguments.
@@ -115,5 +130,12 @@ class TrainableParametersCheck(TrainerCallback):
             model (nn.Module, optional): the model being trained.
             optimizer (torch.optim.Optimizer, optional): the Trainer's (wrapped) optimizer.
             **kwargs: the other objects the Trainer passes to callbacks.
+
+        Raises:
+            DistributedSetupError: for a launch whose processes each train alone.
+            ValueError: if the optimizer holds none of the model's trainable parameters.
         """
-        check_optimizer_holds_trainable_parameters(model, optimizer, args)
+        if self.launch:
+            check_trainer_launch(args)
+        if self.parameters:
+            check_optimizer_holds_trainable_parameters(model, optimizer, args)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ...optim import AdaBalance, AdaBalance8bit
+from .optim import AdaBalance, AdaBalance8bit
 
 __all__ = ["optim_args_keys", "parse_optim_args"]
 

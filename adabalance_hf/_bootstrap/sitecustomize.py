@@ -1,0 +1,39 @@
+"""Run by Python at start-up in every process that ``adabalance-run`` starts, children included.
+
+``adabalance-run`` puts this folder first on ``PYTHONPATH``; Python's ``site`` module imports the
+first ``sitecustomize`` it finds on ``sys.path``, this one, in the process it starts and in
+every process that inherits the environment (``accelerate launch``'s and ``torchrun``'s ranks,
+TRL's re-launch of its script). It imports ``adabalance_hf`` (cheap: the optimizer names are
+registered with transformers when the program imports it), shortens the option errors, then runs
+the ``sitecustomize`` it hides, if there is one.
+"""
+
+import os
+import sys
+
+
+def _run_hidden_sitecustomize() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    this = sys.modules.pop("sitecustomize", None)
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    try:
+        import sitecustomize  # noqa: F401  (the environment's own, if any)
+    except ImportError as error:
+        if error.name != "sitecustomize":
+            raise
+    finally:
+        sys.path[:] = saved
+        if this is not None:
+            sys.modules["sitecustomize"] = this
+
+
+try:
+    import adabalance_hf  # noqa: F401  (registers the names when transformers is imported)
+    from adabalance_hf.run import install_short_errors
+
+    install_short_errors()
+except Exception as error:  # a broken install must not break every Python process
+    print(f"adabalance-run: could not load adabalance_hf: {error!r}", file=sys.stderr)
+
+_run_hidden_sitecustomize()
