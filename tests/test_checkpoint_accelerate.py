@@ -121,7 +121,14 @@ def test_auto_resume_takes_the_newest_complete_checkpoint_or_starts_fresh(
     (tmp_path / "step_4" / PROGRESS_NAME).write_text("{}  ")  # damaged after the save
     logged.clear()
     assert resolve_resume_checkpoint("auto", tmp_path, log=logged.append) == tmp_path / "step_2"
-    assert len(logged) == 1 and f"skipping {tmp_path / 'step_4'}" in logged[0]
+    assert len(logged) == 2 and f"skipping {tmp_path / 'step_4'}" in logged[0]
+    assert logged[1] == (f"--resume_from_checkpoint auto: resuming from {tmp_path / 'step_2'}, "
+                         f"the newest complete checkpoint in {tmp_path}")  # fmt: skip
+    with pytest.raises(ResumeError, match="No valid checkpoint found") as error:
+        resolve_resume_checkpoint(True, tmp_path / "empty")  # True: one is required
+    assert isinstance(error.value, ValueError)  # as Trainer.train raises it
+    assert resolve_resume_checkpoint(None, tmp_path) is None
+    assert resolve_resume_checkpoint(False, tmp_path) is None
 
 
 def test_a_named_checkpoint_that_cannot_be_used_is_refused_with_what_to_pass(

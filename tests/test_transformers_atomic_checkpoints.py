@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,16 +15,16 @@ from _hf_helpers import inner_optimizer, lm_data, make_args, tiny_gpt2
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from adabalance_hf.checkpoint import MANIFEST_NAME, CheckpointError, verify_checkpoint
-from adabalance_hf.integrations.transformers import (
-    AdaBalanceTrainer,
-    AdaBalanceTrainingArguments,
+import adabalance_hf  # noqa: F401  (registers optim="adabalance" with transformers)
+from adabalance_hf.checkpoint import (
+    MANIFEST_NAME,
     AtomicCheckpointsMixin,
-)
-from adabalance_hf.integrations.transformers.checkpointing import (
-    resolve_resume_checkpoint,
+    CheckpointError,
+    ResumeError,
     rotate_trainer_checkpoints,
+    verify_checkpoint,
 )
+from adabalance_hf.integrations.transformers import AdaBalanceTrainer
 
 STEPS = 6
 
@@ -32,14 +33,14 @@ class AtomicAdaBalanceTrainer(AtomicCheckpointsMixin, AdaBalanceTrainer):
     pass
 
 
-class PlainTrainerMixinLast(Trainer, AtomicCheckpointsMixin):
-    """No AdaBalance, and the mixin after Trainer (whose methods never call super())."""
+class AtomicPlainTrainer(AtomicCheckpointsMixin, Trainer):
+    """No AdaBalance: the mixin on the stock Trainer."""
 
 
 def build(output_dir: Path, callbacks=(), trainer_cls=AtomicAdaBalanceTrainer, **overrides):
     # tiny_gpt2 keeps GPT-2's dropout (0.1): resuming must restore the RNG state exactly.
     kwargs = dict(
-        optim="adabalance",
+        optim="adabalance" if issubclass(trainer_cls, AdaBalanceTrainer) else "adamw_torch",
         max_steps=STEPS,
         save_strategy="steps",
         save_steps=2,
@@ -47,14 +48,9 @@ def build(output_dir: Path, callbacks=(), trainer_cls=AtomicAdaBalanceTrainer, *
         per_device_train_batch_size=4,
     )
     kwargs.update(overrides)
-    if trainer_cls is PlainTrainerMixinLast:
-        kwargs["optim"] = "adamw_torch"
-        args = make_args(output_dir, **kwargs)
-    else:
-        args = make_args(output_dir, AdaBalanceTrainingArguments, **kwargs)
     return trainer_cls(
         model=tiny_gpt2(),
-        args=args,
+        args=make_args(output_dir, **kwargs),  # stock TrainingArguments
         train_dataset=lm_data(n=12),  # 3 steps an epoch: the runs cross epoch boundaries
         eval_dataset=lm_data(n=8, seed=3),
         callbacks=list(callbacks),
@@ -84,7 +80,32 @@ def assert_same_training_state(a: AdaBalanceTrainer, b: AdaBalanceTrainer) -> No
             assert torch.equal(value, state_b["state"][index][key]), (index, key)
 
 
-@pytest.fixture(scope="module", params=[AtomicAdaBalanceTrainer, PlainTrainerMixinLast])
+class TrainerSubclass(Trainer):
+    pass
+
+
+def test_mixin_after_the_trainer_is_refused_with_the_fix():
+    with pytest.raises(TypeError) as error:
+
+        class MixinLast(Trainer, AtomicCheckpointsMixin):
+            pass
+
+    message = str(error.value)
+    assert "after transformers.Trainer" in message
+    assert "class MixinLast(AtomicCheckpointsMixin, Trainer)" in message
+    with pytest.raises(TypeError, match=r"class Late\(AtomicCheckpointsMixin, TrainerSubclass\)"):
+
+        class Late(TrainerSubclass, AtomicCheckpointsMixin):
+            pass
+
+    class Subclass(AtomicAdaBalanceTrainer):  # the mixin stays before Trainer: accepted
+        pass
+
+    mro = Subclass.__mro__
+    assert mro.index(AtomicCheckpointsMixin) < mro.index(Trainer)
+
+
+@pytest.fixture(scope="module", params=[AtomicAdaBalanceTrainer, AtomicPlainTrainer])
 def reference(request, tmp_path_factory):
     """An uninterrupted run, started with resume_from_checkpoint='auto' in an empty folder."""
     out = tmp_path_factory.mktemp("reference")
@@ -200,31 +221,56 @@ def test_damaged_explicit_checkpoint_is_a_clear_error(reference, tmp_path):
     shutil.copytree(reference[1], tmp_path, dirs_exist_ok=True)
     damaged = tmp_path / "checkpoint-6"
     (damaged / "optimizer.pt").write_bytes(b"truncated")
-    with pytest.raises(CheckpointError) as error:
-        build(tmp_path, trainer_cls=type(reference[0])).train(resume_from_checkpoint=str(damaged))
+    trainer = build(tmp_path, trainer_cls=type(reference[0]))
+    with pytest.raises(ResumeError) as error:
+        trainer.train(resume_from_checkpoint=str(damaged))
+    assert isinstance(error.value, CheckpointError) and error.value.path == damaged
     message = str(error.value)
-    assert str(damaged) in message and "optimizer.pt has 9 bytes" in message
-    assert f"Fix: resume from {tmp_path / 'checkpoint-4'}" in message and "'auto'" in message
-    with pytest.raises(ValueError, match="no such folder"):
-        resolve_resume_checkpoint(str(tmp_path / "checkpoint-99"), tmp_path)
+    assert f"cannot resume from {damaged}: optimizer.pt has 9 bytes" in message
+    previous = f"resume_from_checkpoint='{tmp_path / 'checkpoint-4'}'"
+    assert previous in message and "resume_from_checkpoint='auto'" in message
+    assert trainer.state.global_step == 0  # refused before any training
+    sent = pickle.loads(pickle.dumps(error.value))  # how the other processes get it
+    assert (type(sent), str(sent), sent.path, sent.reason) == (
+        ResumeError,
+        message,
+        damaged,
+        error.value.reason,
+    )
+    with pytest.raises(ResumeError, match="no such folder"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-99"))
     staged = tmp_path / ".checkpoint-8.incomplete" / "checkpoint-8"  # a save killed before commit
     shutil.copytree(tmp_path / "checkpoint-4", staged)
     (staged / MANIFEST_NAME).unlink()
     for path in (staged, staged.parent):
-        with pytest.raises(CheckpointError, match="staging folder of a save that did not finish"):
-            resolve_resume_checkpoint(str(path), tmp_path)
+        with pytest.raises(ResumeError, match="staging folder of a save that did not finish"):
+            trainer.train(resume_from_checkpoint=str(path))
+    # True skips the damaged checkpoint-6 (and the staging folder): checkpoint-4 it is
+    assert trainer._atomic_resume_checkpoint(True) == str(tmp_path / "checkpoint-4")
 
 
 def test_checkpoint_of_plain_trainer_loads_with_a_warning_and_is_never_rotated(tmp_path, caplog):
-    legacy = tmp_path / "checkpoint-3"  # no manifest: written by transformers.Trainer
-    legacy.mkdir()
-    (legacy / "trainer_state.json").write_text("{}")
+    plain = make_args(
+        tmp_path, optim="adamw_torch", max_steps=2, save_strategy="steps", save_steps=2
+    )
+    Trainer(model=tiny_gpt2(), args=plain, train_dataset=lm_data(n=12)).train()
+    legacy = tmp_path / "checkpoint-2"  # no manifest: written by transformers.Trainer
+    assert (legacy / "trainer_state.json").is_file() and not (legacy / MANIFEST_NAME).exists()
+    trainer = build(tmp_path, trainer_cls=AtomicPlainTrainer, max_steps=4)
     with caplog.at_level(logging.WARNING, logger="adabalance_hf"):
-        assert resolve_resume_checkpoint(str(legacy), tmp_path) == str(legacy)
-        assert resolve_resume_checkpoint("auto", tmp_path) is None  # auto only takes verified
-    assert "cannot be verified" in caplog.text and "pass its path" in caplog.text
-    (tmp_path / ".checkpoint-4.incomplete").mkdir()
+        assert trainer._atomic_resume_checkpoint("auto") is None  # auto only takes verified
+        assert "pass its path" in caplog.text and "starting from scratch" in caplog.text
+        caplog.clear()
+        trainer.train(resume_from_checkpoint=str(legacy))
+    assert "cannot be verified" in caplog.text
+    assert trainer.state.global_step == 4
+    assert checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-4"]  # the legacy one is kept
+    verify_checkpoint(tmp_path / "checkpoint-4")
+    (tmp_path / ".checkpoint-6.incomplete").mkdir()
     assert rotate_trainer_checkpoints(tmp_path, None, None) == [
-        tmp_path / ".checkpoint-4.incomplete"
+        tmp_path / ".checkpoint-6.incomplete"
     ]
-    assert checkpoints(tmp_path) == ["checkpoint-3"]
+    assert checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-4"]
+    (legacy / "trainer_state.json").unlink()  # neither a manifest nor a finished save
+    with pytest.raises(ResumeError, match=f"no {MANIFEST_NAME}"):
+        trainer._atomic_resume_checkpoint(str(legacy))

@@ -15,8 +15,12 @@ the same checkpoint at the same time (a misconfigured launch) fail with
 For accelerate scripts: :func:`save_accelerate_checkpoint` / :func:`load_accelerate_checkpoint`
 (``accelerator.save_state`` committed atomically, with rotation), :func:`resolve_resume_checkpoint`
 (``--resume_from_checkpoint auto`` or a verified folder) and :class:`StopSignals` (save and stop
-on SIGINT/SIGTERM).
+on SIGINT/SIGTERM). For a ``transformers.Trainer``: :class:`AtomicCheckpointsMixin`
+(``class MyTrainer(AtomicCheckpointsMixin, Trainer)``), loaded on first use so that this package
+imports without transformers.
 """
+
+import importlib
 
 from .accelerate_checkpoint import (
     PROGRESS_NAME,
@@ -31,12 +35,17 @@ from .discovery import checkpoint_step, find_checkpoints, latest_complete_checkp
 from .lock import ConcurrentCheckpointError, checkpoint_lock, lock_path
 from .manifest import MANIFEST_NAME, CheckpointError, verify_checkpoint, write_manifest
 from .resume import AUTO, ResumeError, resolve_resume_checkpoint
-from .rotation import rotate_checkpoints
+from .rotation import TRAINER_PREFIX, rotate_checkpoints, rotate_trainer_checkpoints
+
+# public name -> the submodule that defines it, imported on first use (it imports transformers).
+_LAZY = {"AtomicCheckpointsMixin": "trainer"}
 
 __all__ = [
     "AUTO",
     "MANIFEST_NAME",
     "PROGRESS_NAME",
+    "TRAINER_PREFIX",
+    "AtomicCheckpointsMixin",
     "CheckpointError",
     "CheckpointSaveError",
     "CollectiveCheckpointError",
@@ -55,8 +64,21 @@ __all__ = [
     "prepare_staging",
     "resolve_resume_checkpoint",
     "rotate_checkpoints",
+    "rotate_trainer_checkpoints",
     "save_accelerate_checkpoint",
     "staging_dir",
     "verify_checkpoint",
     "write_manifest",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

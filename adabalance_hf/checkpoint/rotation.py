@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterable
@@ -12,7 +13,12 @@ from .discovery import checkpoint_step, find_checkpoints
 from .lock import LOCK_SUFFIX, unused_checkpoint
 from .manifest import CheckpointError, verify_checkpoint
 
-__all__ = ["rotate_checkpoints"]
+__all__ = ["TRAINER_PREFIX", "rotate_checkpoints", "rotate_trainer_checkpoints"]
+
+logger = logging.getLogger("adabalance_hf")
+
+#: Folder-name prefix of ``transformers.Trainer``'s checkpoints: ``checkpoint-<global step>``.
+TRAINER_PREFIX = "checkpoint-"
 
 
 def rotate_checkpoints(
@@ -93,4 +99,59 @@ def rotate_checkpoints(
             continue
         shutil.rmtree(path, ignore_errors=True)
         deleted.append(path)
+    return deleted
+
+
+def _complete(path: Path) -> bool:
+    try:
+        verify_checkpoint(path, checksums=False)  # as rotate_checkpoints judges it
+    except CheckpointError:
+        return False
+    return True
+
+
+def rotate_trainer_checkpoints(
+    run_dir: str | os.PathLike,
+    save_total_limit: int | None,
+    best: str | os.PathLike | None,
+    prefix: str = TRAINER_PREFIX,
+) -> list[Path]:
+    """Delete old checkpoints as ``Trainer`` does, with :func:`rotate_checkpoints`' safety.
+
+    Without a limit (``None`` or ``<= 0``) every checkpoint is kept, as in transformers, and
+    only the staging folders of killed saves are deleted. With a limit, staging folders and
+    checkpoints older than the newest complete one that fail verification (unfinished, damaged,
+    or without a manifest, i.e. not written with ``AtomicCheckpointsMixin``) are deleted too, and
+    the newest complete checkpoint never is. transformers keeps ``max(save_total_limit, number
+    protected)`` checkpoints, the newest and the best protected
+    (``transformers.trainer_utils.rotate_checkpoints``), while :func:`rotate_checkpoints` keeps
+    the newest ``save_total_limit`` complete ones plus the protected ones. When the best
+    checkpoint is not among the newest ones it takes the place of one of them here, so the count
+    is transformers'.
+
+    Args:
+        run_dir (str or PathLike): the folder holding ``checkpoint-N`` folders.
+        save_total_limit (int, optional): ``TrainingArguments.save_total_limit``.
+        best (str or PathLike, optional): ``TrainerState.best_model_checkpoint`` (protected).
+        prefix (str, optional): the folder-name prefix. Default: ``"checkpoint-"``
+
+    Returns:
+        list of Path: the folders deleted.
+    """
+    if not save_total_limit or save_total_limit < 0:
+        # No limit: keep every checkpoint, as transformers does (rotate_checkpoints would also
+        # delete unverifiable ones, e.g. written by plain transformers.Trainer); only clear the
+        # staging folders of killed saves.
+        deleted = [p for p in Path(run_dir).glob(f".{prefix}*{STAGING_SUFFIX}") if p.is_dir()]
+        for path in deleted:
+            shutil.rmtree(path, ignore_errors=True)
+        return deleted
+    limit = save_total_limit
+    if limit >= 2 and best:
+        complete = [p.resolve() for p in find_checkpoints(run_dir, prefix) if _complete(p)]
+        if Path(best).resolve() not in complete[-limit:]:
+            limit -= 1
+    deleted = rotate_checkpoints(run_dir, prefix, limit, protect=[best] if best else [])
+    for path in deleted:
+        logger.info("deleted %s (save_total_limit=%s)", path, save_total_limit)
     return deleted
