@@ -5,9 +5,10 @@
     ``pyproject.toml`` states: every dependency but torch, and the ``trl`` and ``peft`` extras.
     (Python 3.11+, for tomllib: CI's interpreter.)
 
-``python .ci/check_floor.py versions LABEL [--expect] [--repo DIR]``
-    Prints one line with the versions this interpreter imports. ``--expect``: fail unless they are
-    the pins; ``--repo DIR``: fail unless ``adabalance_hf`` is imported from ``DIR``.
+``python .ci/check_floor.py versions LABEL [--expect FILE] [--repo DIR]``
+    Prints one line with the versions this interpreter imports. ``--expect FILE``: fail unless
+    they are the pins of FILE (``.ci/floor-requirements.txt`` or ``.ci/newest-requirements.txt``);
+    ``--repo DIR``: fail unless ``adabalance_hf`` is imported from ``DIR``.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ SHOWN = ("torch", "transformers", "accelerate", "datasets", "trl", "peft", "toke
          "huggingface_hub")  # fmt: skip
 
 
-def read_pins() -> dict[str, str]:
+def read_pins(path: Path = FLOOR) -> dict[str, str]:
     pins = {}
-    for line in FLOOR.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         req = Requirement(line)
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator != "==":
-            sys.exit(f"{FLOOR.name}: {line!r} is not a single 'name==version' pin")
+            sys.exit(f"{path.name}: {line!r} is not a single 'name==version' pin")
         pins[canonicalize_name(req.name)] = specs[0].version
     return pins
 
@@ -85,15 +86,17 @@ def installed(name: str) -> str:
         return "missing"
 
 
-def check_versions(label: str, expect: bool, repo: str | None) -> int:
+def check_versions(label: str, expect: str | None, repo: str | None) -> int:
     spec = importlib.util.find_spec("adabalance_hf")
     origin = Path(spec.origin).resolve().parent if spec and spec.origin else None
     shown = ", ".join(f"{name} {installed(name)}" for name in SHOWN)
     print(f"ci: {label}: python {platform.python_version()}, {shown}; adabalance_hf from {origin}")
     errors = []
     if expect:
-        errors += [f"{n} {installed(n)} installed, {v} pinned" for n, v in read_pins().items()
-                   if installed(n) != v]  # fmt: skip
+        pins = read_pins(Path(expect)).items()
+        errors += [
+            f"{n} {installed(n)} installed, {v} pinned" for n, v in pins if installed(n) != v
+        ]
     if repo is not None and origin != Path(repo).resolve() / "adabalance_hf":
         errors.append(f"adabalance_hf comes from {origin}, not from {repo}")
     for error in errors:
@@ -107,7 +110,7 @@ def main() -> int:
     sub.add_parser("pins")
     versions = sub.add_parser("versions")
     versions.add_argument("label")
-    versions.add_argument("--expect", action="store_true")
+    versions.add_argument("--expect", metavar="FILE", help="the pins the versions must match")
     versions.add_argument("--repo")
     args = parser.parse_args()
     if args.command == "pins":

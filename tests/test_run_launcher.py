@@ -29,8 +29,10 @@ TRAIN += ["--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true"
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """The environment, with this interpreter's commands (a venv's) first on PATH."""
     env = {k: v for k, v in os.environ.items() if k != "ADABALANCE_HF_DEBUG"}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PATH=path, **extra)
     return env
 
 
@@ -102,7 +104,7 @@ def test_module_form_and_console_script(tmp_path):
     package.mkdir()
     (package / "__init__.py").write_text("")
     shutil.copy(SCRIPT, package / "train.py")
-    launcher = shutil.which("adabalance-run")
+    launcher = shutil.which("adabalance-run", path=_env()["PATH"])
     assert launcher is not None, "the console script is not installed (pip install -e .)"
     argv = ["-m", "pkg.train", "--output_dir", "out", "--optim", "adabalance_8bit", *TRAIN]
     done = _run([launcher, *argv, "--optim_args", "block_size=64"], tmp_path)
@@ -163,12 +165,12 @@ def test_a_sitecustomize_of_the_environment_still_runs(tmp_path):
 def test_every_rank_of_a_two_process_launch_gets_the_names(tmp_path, order):
     """``adabalance-run torchrun ...`` and ``accelerate launch ... -m adabalance_hf.run``."""
     script = [str(SCRIPT), "--output_dir", "out", "--optim", "adabalancew", *TRAIN]
-    if order == "launcher_outside":
-        command = [*LAUNCHER, "torchrun", "--nproc-per-node", "2", "--master-port", "29631"]
-        command += script
+    if order == "launcher_outside":  # torchrun, as `python -m` so that it is this env's
+        command = [*LAUNCHER, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+        command += ["--master-port", "29631", *script]
     else:
         config = REPO / "recipes" / "configs" / "multi_cpu.yaml"
-        command = ["accelerate", "launch", "--config_file", str(config)]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
         command += ["--main_process_port", "29632", "-m", "adabalance_hf.run", *script]
     done = _run(command, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

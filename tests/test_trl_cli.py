@@ -37,12 +37,14 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _trl_sft(workdir: Path, output_dir: str, *extra: str) -> None:
-    trl = shutil.which("trl")
+    # This interpreter's `trl` (a venv's, in CI's floor environment) first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    trl = shutil.which("trl", path=path)
     assert trl is not None, "TRL's console script is not installed"
     command = [sys.executable, "-m", "adabalance_hf.run", "trl", "sft"]
     command += ["--model_name_or_path", "model", "--dataset_name", "data"]
     command += ["--output_dir", output_dir, *ARGS, *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": path}
     done = subprocess.run(
         command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600
     )
