@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..names import adabalance_cls_and_kwargs
 from ..optim import AdaBalance
 from ..param_groups import param_groups
 from .launch_checks import check_launch
@@ -45,6 +46,8 @@ def create_optimizer(
     trainer_cls: type | None = None,
     check_setup: bool | Literal["warn", "error"] = True,
     optimizer_class: type[AdaBalance] = AdaBalance,
+    optim: str | None = None,
+    optim_args: str | None = None,
     **adabalance_kwargs: Any,
 ) -> AdaBalance | ZeroRedundancyOptimizer:
     """Build AdaBalance for ``model`` with transformers-style decay / no-decay parameter groups.
@@ -83,8 +86,14 @@ def create_optimizer(
         optimizer_class (type, optional): :class:`~adabalance_hf.AdaBalance` or
             :class:`~adabalance_hf.AdaBalance8bit` (8-bit state; it takes ``block_size``).
             Default: :class:`~adabalance_hf.AdaBalance`
-        **adabalance_kwargs: other arguments of ``optimizer_class`` (``final_lr``, ``gamma``,
-            ``betas``, ``foreach``, ``fused``, ...).
+        optim (str, optional): an AdaBalance optimizer name instead of ``optimizer_class``
+            (``"adabalancew_8bit"``, ...): the class, the variant and the fine-tuning defaults
+            come from :func:`~adabalance_hf.adabalance_cls_and_kwargs`, as for the Trainer's
+            ``optim``. Default: ``None`` (``optimizer_class`` with its own defaults)
+        optim_args (str, optional): with ``optim``, its options as ``"key=value,..."``.
+            Default: ``None``
+        **adabalance_kwargs: other arguments of the optimizer class (``final_lr``, ``gamma``,
+            ``betas``, ``foreach``, ``fused``, ...); with ``optim`` they replace the name's.
 
     Returns:
         AdaBalance or ZeroRedundancyOptimizer: the optimizer.
@@ -99,6 +108,19 @@ def create_optimizer(
         DistributedSetupError: with ``check_setup="error"``, if :func:`check_launch` finds a
             problem (the message names each and its fix).
     """
+    if optim is not None:
+        if optimizer_class is not AdaBalance:
+            raise TypeError(
+                f"create_optimizer: pass `optim` ({optim!r}) or `optimizer_class` "
+                f"({optimizer_class.__name__}), not both: the name picks the class"
+            )
+        optimizer_class, adabalance_kwargs = adabalance_cls_and_kwargs(
+            optim, lr=lr, weight_decay=weight_decay, optim_args=optim_args, **adabalance_kwargs
+        )
+        lr = adabalance_kwargs.pop("lr")
+        adabalance_kwargs.pop("weight_decay")  # the decay group's; the no-decay group has 0
+    elif optim_args is not None:
+        raise TypeError("create_optimizer: `optim_args` needs `optim` (an AdaBalance name)")
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, AdaBalance)):
         raise TypeError(
             f"create_optimizer: `optimizer_class` must be AdaBalance or a subclass such as "
@@ -110,7 +132,8 @@ def create_optimizer(
         raise TypeError(
             f"create_optimizer: unknown argument(s) {unknown}; {optimizer_class.__name__} "
             f"accepts {', '.join(valid)} (and create_optimizer: model, lr, weight_decay, "
-            f"no_decay, sharding, process_group, trainer_cls, check_setup, optimizer_class)"
+            f"no_decay, sharding, process_group, trainer_cls, check_setup, optimizer_class, "
+            f"optim, optim_args)"
         )
     if not isinstance(check_setup, bool) and check_setup not in ("warn", "error"):
         raise ValueError(

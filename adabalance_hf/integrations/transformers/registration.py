@@ -24,6 +24,7 @@ from typing import Any
 from ...names import adabalance_cls_and_kwargs, adabalance_optimizer_names, is_adabalance_name
 from ...optim import AdaBalance
 from ...optim._validation import validate_hyperparameters
+from ...run import install_short_errors
 from ._private_api import (
     PrivateAPIError,
     add_enum_member,
@@ -54,9 +55,9 @@ _FIELDS = {
 class OptimizerOptionError(ValueError):
     """An AdaBalance name's option is invalid; the message names the flag, the value and the fix.
 
-    Raised when the training arguments are created, so at argument-parsing time. Under
-    ``adabalance-run`` it prints as one ``prog: error: ...`` line (see
-    :func:`adabalance_hf.run.install_short_errors`).
+    Raised when the training arguments are created, so at argument-parsing time. Uncaught, it
+    prints as one ``prog: error: ...`` line, without a traceback unless ``ADABALANCE_HF_DEBUG=1``
+    (see :func:`adabalance_hf.run.install_short_errors`).
     """
 
     adabalance_usage_error = True
@@ -171,6 +172,7 @@ def check_optimizer_options(args: Any) -> None:
         validate_hyperparameters({**defaults, **kwargs})
     except ValueError as error:
         flag, value, text = _flag_and_value(error, args)
+        install_short_errors()  # uncaught, it prints as one line, as argparse's errors do
         raise OptimizerOptionError(f"{flag} {value} (with --optim {name}): {text}") from None
 
 
