@@ -8,6 +8,7 @@ first use, and it registers the AdaBalance optimizer names (``optim="adabalance"
 import importlib
 
 from ._import_hooks import when_imported
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -34,21 +35,18 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
+_lazy_getattr, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
+        return _lazy_getattr(name)
     try:  # a submodule: adabalance_hf.optim, adabalance_hf.checkpoint, ...
         return importlib.import_module(f".{name}", __name__)
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{name}":
             raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
 
 
 def _registration(step: str):

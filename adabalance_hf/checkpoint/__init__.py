@@ -20,8 +20,7 @@ on SIGINT/SIGTERM). For a ``transformers.Trainer``: :class:`AtomicCheckpointsMix
 imports without transformers.
 """
 
-import importlib
-
+from .._lazy import lazy_attributes
 from .accelerate_checkpoint import (
     PROGRESS_NAME,
     CheckpointSaveError,
@@ -38,7 +37,7 @@ from .resume import AUTO, ResumeError, resolve_resume_checkpoint
 from .rotation import TRAINER_PREFIX, rotate_checkpoints, rotate_trainer_checkpoints
 
 # public name -> the submodule that defines it, imported on first use (it imports transformers).
-_LAZY = {"AtomicCheckpointsMixin": "trainer"}
+_LAZY = {"AtomicCheckpointsMixin": ".trainer"}
 
 __all__ = [
     "AUTO",
@@ -72,13 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)

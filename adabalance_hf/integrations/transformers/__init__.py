@@ -11,32 +11,23 @@ Names load on first use, so that the registration hook, which imports this packa
 transformers imports ``training_args``, does not import the ``Trainer`` too.
 """
 
-import importlib
+from ..._lazy import lazy_attributes
 
 # public name -> the submodule that defines it.
 _LAZY = {
-    "AdaBalanceDiagnosticsCallback": "callback",
-    "adabalance_diagnostics": "callback",
-    "add_diagnostics_callback": "callback",
-    "TrainerChecks": "checks",
-    "check_optimizer_holds_trainable_parameters": "checks",
-    "OptimizerOptionError": "registration",
-    "adabalance_optimizer_kwargs": "registration",
-    "get_adabalance": "registration",
-    "register_optimizer_names": "registration",
-    "AdaBalanceTrainer": "trainer",
+    "AdaBalanceDiagnosticsCallback": ".callback",
+    "adabalance_diagnostics": ".callback",
+    "add_diagnostics_callback": ".callback",
+    "TrainerChecks": ".checks",
+    "check_optimizer_holds_trainable_parameters": ".checks",
+    "OptimizerOptionError": ".registration",
+    "adabalance_optimizer_kwargs": ".registration",
+    "get_adabalance": ".registration",
+    "register_optimizer_names": ".registration",
+    "AdaBalanceTrainer": ".trainer",
 }
 
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
