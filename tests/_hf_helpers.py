@@ -1,4 +1,9 @@
-"""Tiny models, data and arguments for the transformers integration tests (no downloads)."""
+"""Tiny models, data and arguments for the transformers integration tests (no downloads).
+
+Importing it imports ``adabalance_hf``, which registers the AdaBalance optimizer names with
+transformers: the stock ``TrainingArguments(optim="adabalance")`` works in every test (and every
+spawned worker) that uses these helpers.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from transformers import (
     GPT2LMHeadModel,
     TrainingArguments,
 )
+
+import adabalance_hf  # noqa: F401  (registers the optimizer names with transformers)
 
 VOCAB = 100
 SEQ = 8

@@ -22,30 +22,19 @@ from adabalance_hf import AdaBalance
 
 def test_optim_args_parse_the_option_as_a_bool(tmp_path) -> None:
     from _hf_helpers import make_args
+    from transformers import Trainer
 
-    from adabalance_hf.integrations.transformers import (
-        AdaBalanceTrainingArguments,
-        adabalance_optimizer_kwargs,
-        parse_optim_args,
-    )
+    from adabalance_hf.integrations.transformers import OptimizerOptionError
+    from adabalance_hf.optim_args import parse_optim_args
 
     assert parse_optim_args("skip_nonfinite_grads=true") == {"skip_nonfinite_grads": True}
     assert parse_optim_args("skip_nonfinite_grads=0") == {"skip_nonfinite_grads": False}
-    args = make_args(
-        tmp_path,
-        AdaBalanceTrainingArguments,
-        optim="adabalance",
-        optim_args="skip_nonfinite_grads=true",
-    )
-    assert adabalance_optimizer_kwargs(args)["skip_nonfinite_grads"] is True
-    with pytest.raises(ValueError, match="skip_nonfinite_grads") as error:
-        make_args(
-            tmp_path,
-            AdaBalanceTrainingArguments,
-            optim="adabalance",
-            optim_args="skip_nonfinite_grads=maybe",
-        )
-    assert "'maybe'" in str(error.value) and "bool" in str(error.value)
+    args = make_args(tmp_path, optim="adabalance", optim_args="skip_nonfinite_grads=true")
+    assert Trainer.get_optimizer_cls_and_kwargs(args)[1]["skip_nonfinite_grads"] is True
+    with pytest.raises(OptimizerOptionError, match="--optim_args 'skip_nonfinite_grads=maybe'"):
+        make_args(tmp_path, optim="adabalance", optim_args="skip_nonfinite_grads=maybe")
+    with pytest.raises(OptimizerOptionError, match="skip_nonfinite_grads='maybe' is not a bool"):
+        make_args(tmp_path, optim="adabalance_8bit", optim_args="skip_nonfinite_grads=maybe")
 
 
 POISONED_STEP = 3  # the Trainer's global step (1-based) whose batch gives inf logits
@@ -54,10 +43,7 @@ POISONED_STEP = 3  # the Trainer's global step (1-based) whose batch gives inf l
 def _train_with_a_poisoned_batch(tmp_path, optim_args: str | None):
     from _hf_helpers import classification_data, make_args, tiny_bert
 
-    from adabalance_hf.integrations.transformers import (
-        AdaBalanceTrainer,
-        AdaBalanceTrainingArguments,
-    )
+    from adabalance_hf import AdaBalanceTrainer
 
     model = tiny_bert()
     calls = []
@@ -67,9 +53,7 @@ def _train_with_a_poisoned_batch(tmp_path, optim_args: str | None):
         return output * math.inf if len(calls) == POISONED_STEP else None
 
     model.classifier.register_forward_hook(poison)
-    args = make_args(
-        tmp_path, AdaBalanceTrainingArguments, optim="adabalance", optim_args=optim_args
-    )
+    args = make_args(tmp_path, optim="adabalance", optim_args=optim_args)
     trainer = AdaBalanceTrainer(model=model, args=args, train_dataset=classification_data())
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]

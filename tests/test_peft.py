@@ -1,4 +1,6 @@
-"""LoRA (PEFT) with AdaBalance: by name, and the optimizer-before-wrapping mistake caught."""
+"""LoRA (PEFT) with AdaBalance: by name in TRL's own trainers, and the optimizer-before-wrapping
+mistake caught by ``TrainerChecks`` (which ``AdaBalanceTrainer`` and the diagnostics callback
+install)."""
 
 from __future__ import annotations
 
@@ -20,18 +22,10 @@ from _trl_fixtures import (
 )
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from adabalance_hf import AdaBalance
-from adabalance_hf.integrations.transformers import (
-    AdaBalanceDiagnosticsCallback,
-    adabalance_optimizer_kwargs,
-)
-from adabalance_hf.integrations.trl import (
-    AdaBalanceDPOConfig,
-    AdaBalanceDPOTrainer,
-    AdaBalanceSFTConfig,
-    AdaBalanceSFTTrainer,
-)
+from adabalance_hf import AdaBalance, AdaBalanceTrainer, adabalance_optimizer_kwargs
+from adabalance_hf.integrations.transformers import AdaBalanceDiagnosticsCallback, TrainerChecks
 
 STEPS = 3
 
@@ -43,8 +37,8 @@ def lora_config() -> LoraConfig:
 
 
 def sft_trainer(output_dir, model, *, optim="adabalance", **trainer_kwargs):
-    args = AdaBalanceSFTConfig(**trl_kwargs(output_dir, optim=optim, max_steps=STEPS))
-    return AdaBalanceSFTTrainer(
+    args = SFTConfig(**trl_kwargs(output_dir, optim=optim, max_steps=STEPS))
+    return SFTTrainer(
         model=model,
         args=args,
         train_dataset=sft_dataset(8),
@@ -73,8 +67,8 @@ def test_lora_by_name_trains_the_adapters_only(kind, tmp_path):
     if kind == "sft":
         trainer = sft_trainer(tmp_path, tiny_llama(), peft_config=lora_config())
     else:  # ref_model=None: with PEFT, DPO's reference is the model with adapters disabled
-        args = AdaBalanceDPOConfig(**trl_kwargs(tmp_path, optim="adabalance", max_steps=STEPS))
-        trainer = AdaBalanceDPOTrainer(
+        args = DPOConfig(**trl_kwargs(tmp_path, optim="adabalance", max_steps=STEPS))
+        trainer = DPOTrainer(
             model=tiny_llama(),
             args=args,
             train_dataset=dpo_dataset(8),
@@ -105,6 +99,7 @@ def test_optimizer_built_before_wrapping_raises(tmp_path):
         optim="adamw_torch",
         peft_config=lora_config(),
         optimizers=(optimizer, None),
+        callbacks=[TrainerChecks()],
     )
     before = snapshot(trainer.model)
     with pytest.raises(ValueError) as raised:
@@ -120,7 +115,11 @@ def test_optimizer_missing_some_trainable_parameters_warns(tmp_path):
     missing = len(trainable(model)) - len(some)
     assert (len(some), missing) == (4, 12)
     trainer = sft_trainer(
-        tmp_path, model, optim="adamw_torch", optimizers=(AdaBalance(some, lr=1e-2), None)
+        tmp_path,
+        model,
+        optim="adamw_torch",
+        optimizers=(AdaBalance(some, lr=1e-2), None),
+        callbacks=[TrainerChecks()],
     )
     before = snapshot(model)
     with pytest.warns(UserWarning, match=rf"\b{missing}\b") as record:
@@ -133,14 +132,15 @@ def test_optimizer_missing_some_trainable_parameters_warns(tmp_path):
 
 
 def test_optimizer_cls_and_kwargs_with_peft_config_trains_the_adapters(tmp_path):
-    args = AdaBalanceSFTConfig(**trl_kwargs(tmp_path, max_steps=STEPS, weight_decay=0.01))
-    trainer = AdaBalanceSFTTrainer(
+    args = SFTConfig(**trl_kwargs(tmp_path, max_steps=STEPS, weight_decay=0.01))
+    trainer = SFTTrainer(
         model=tiny_llama(),
         args=args,
         train_dataset=sft_dataset(8),
         processing_class=tokenizer(),
         peft_config=lora_config(),
         optimizer_cls_and_kwargs=(AdaBalance, adabalance_optimizer_kwargs(args)),
+        callbacks=[TrainerChecks()],
     )
     model = trainer.model
     lora = trainable(model)
@@ -159,7 +159,8 @@ def test_optimizer_cls_and_kwargs_with_peft_config_trains_the_adapters(tmp_path)
     assert optimizer.param_groups[0]["initial_lr"] == args.learning_rate == 1e-2
 
 
-def test_diagnostics_callback_catches_the_wrong_order_in_a_plain_trainer(tmp_path):
+@pytest.mark.parametrize("route", ["adabalance_trainer", "diagnostics", "checks"])
+def test_the_wrong_order_is_caught_in_a_plain_trainer(tmp_path, route):
     model = tiny_llama()
     optimizer = AdaBalance(model.parameters(), lr=1e-2)  # before wrapping: base weights only
     peft_model = get_peft_model(model, lora_config())
@@ -173,12 +174,15 @@ def test_diagnostics_callback_catches_the_wrong_order_in_a_plain_trainer(tmp_pat
         save_strategy="no",
         seed=123,
     )
-    trainer = Trainer(
+    trainer_cls = AdaBalanceTrainer if route == "adabalance_trainer" else Trainer
+    callbacks = {"adabalance_trainer": [], "diagnostics": [AdaBalanceDiagnosticsCallback()],
+                 "checks": [TrainerChecks()]}[route]  # fmt: skip
+    trainer = trainer_cls(
         model=peft_model,
         args=args,
         train_dataset=lm_dataset(8),
         optimizers=(optimizer, None),
-        callbacks=[AdaBalanceDiagnosticsCallback()],
+        callbacks=callbacks,
     )
     before = snapshot(peft_model)
     with pytest.raises(ValueError) as raised:

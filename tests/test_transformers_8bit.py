@@ -9,12 +9,8 @@ from test_optim_8bit import reference_decode
 from test_transformers_resume import CountSteps, StopAt, assert_same_state
 from transformers import BertForSequenceClassification, TrainerCallback
 
-from adabalance_hf import AdaBalance8bit
-from adabalance_hf.integrations.transformers import (
-    FINE_TUNING_DEFAULTS,
-    AdaBalanceTrainer,
-    AdaBalanceTrainingArguments,
-)
+from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance8bit, AdaBalanceTrainer
+from adabalance_hf.integrations.transformers import OptimizerOptionError
 from adabalance_hf.optim._step_scalars import step_scalars
 
 N = 3
@@ -39,7 +35,6 @@ class KeepLogs(TrainerCallback):
 def build(output_dir, optim: str, optim_args: str, *, save: bool, callbacks=()):
     args = make_args(
         output_dir,
-        AdaBalanceTrainingArguments,
         optim=optim,
         optim_args=optim_args,
         max_steps=2 * N,
@@ -89,8 +84,10 @@ def test_the_8bit_name_builds_adabalance8bit_with_the_fine_tuning_defaults(tmp_p
 
 
 def test_block_size_on_a_name_without_8bit_state_says_which_names_take_it(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown key 'block_size'.*optim=adabalance_8bit"):
-        build(tmp_path, "adabalancew", "block_size=64", save=False).train()
+    with pytest.raises(
+        OptimizerOptionError, match=r"unknown key 'block_size'.*optim=adabalance_8bit"
+    ):
+        build(tmp_path, "adabalancew", "block_size=64", save=False)  # at construction
 
 
 def test_a_trainer_resumed_from_its_checkpoint_ends_bitwise_where_one_run_ends(tmp_path):

@@ -11,11 +11,9 @@ from _hf_helpers import classification_data, inner_optimizer, make_args, tiny_be
 from transformers import Trainer
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback
 
-from adabalance_hf import AdaBalance
+from adabalance_hf import AdaBalance, AdaBalanceTrainer
 from adabalance_hf.integrations.transformers import (
     AdaBalanceDiagnosticsCallback,
-    AdaBalanceTrainer,
-    AdaBalanceTrainingArguments,
     add_diagnostics_callback,
 )
 from adabalance_hf.integrations.transformers import callback as callback_module
@@ -27,7 +25,6 @@ LR, FINAL_LR, GAMMA = 1e-2, 0.1, 0.1
 def train(tmp_path, *, optim_args, max_steps=6, logging_steps=1, optim="adabalance"):
     args = make_args(
         tmp_path,
-        AdaBalanceTrainingArguments,
         optim=optim,
         optim_args=optim_args,
         max_steps=max_steps,

@@ -1,4 +1,5 @@
-"""AdaBalanceTrainer stops before its first step when a 2-process launch built worlds of one.
+"""The launch check (``TrainerChecks``, which ``AdaBalanceTrainer`` installs) stops a 2-process
+launch that built worlds of one before its first step.
 
 What ``accelerate launch --config_file recipes/configs/multi_cpu.yaml train.py`` does on a machine
 without GPUs when the script forgets ``--use_cpu true``: two processes, each a world of size one,
@@ -15,18 +16,20 @@ from _dist_helpers import needs_gloo, run_workers
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the trap needs a GPU-less machine")
 
 
-def _train_worker(rank: int, world: int, use_cpu: bool, out: str) -> dict:
+def _train_worker(rank: int, world: int, use_cpu: bool, out: str, stock: bool = False) -> dict:
     from _hf_helpers import args_kwargs, classification_data, tiny_bert
+    from transformers import Trainer, TrainingArguments
 
+    from adabalance_hf import AdaBalanceTrainer, TrainerChecks
     from adabalance_hf.distributed import DistributedSetupError
-    from adabalance_hf.integrations.transformers import (
-        AdaBalanceTrainer,
-        AdaBalanceTrainingArguments,
-    )
 
     overrides = dict(optim="adabalance", max_steps=2, save_strategy="steps", save_steps=1)
-    args = AdaBalanceTrainingArguments(**args_kwargs(out, use_cpu=use_cpu, **overrides))
-    trainer = AdaBalanceTrainer(model=tiny_bert(), args=args, train_dataset=classification_data())
+    args = TrainingArguments(**args_kwargs(out, use_cpu=use_cpu, **overrides))
+    # The stock Trainer gets the check from the callback; AdaBalanceTrainer installs it itself.
+    trainer_cls, callbacks = (Trainer, [TrainerChecks()]) if stock else (AdaBalanceTrainer, [])
+    trainer = trainer_cls(
+        model=tiny_bert(), args=args, train_dataset=classification_data(), callbacks=callbacks
+    )
     try:
         trainer.train()
     except DistributedSetupError as error:
@@ -36,8 +39,9 @@ def _train_worker(rank: int, world: int, use_cpu: bool, out: str) -> dict:
 
 @needs_gloo
 @cpu_only
-def test_two_processes_without_use_cpu_stop_before_the_first_step(tmp_path):
-    results = run_workers(_train_worker, False, str(tmp_path / "out"), init=False)
+@pytest.mark.parametrize("stock", [False, True], ids=["adabalance_trainer", "stock_with_checks"])
+def test_two_processes_without_use_cpu_stop_before_the_first_step(tmp_path, stock):
+    results = run_workers(_train_worker, False, str(tmp_path / "out"), stock, init=False)
     for result in results:
         assert result["world"] == 1 and result["steps"] == 0
         assert "`--use_cpu true`" in result["error"] and "output_dir" in result["error"]

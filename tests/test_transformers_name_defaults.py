@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 from _hf_helpers import ListDataset, args_kwargs, tiny_bert
+from transformers import Trainer, TrainingArguments
 
-from adabalance_hf import AdaBalanceTrainer, AdaBalanceTrainingArguments
-from adabalance_hf.integrations.transformers import PAPER_OPTIM_ARGS
+from adabalance_hf import PAPER_OPTIM_ARGS
 
 SEQ = 16
 
@@ -36,7 +36,7 @@ def eval_mse(tmp_path_factory):
     train, dev = regression_data(960, 0), regression_data(256, 1)
 
     def run(optim: str, optim_args: str | None = None) -> float:
-        args = AdaBalanceTrainingArguments(
+        args = TrainingArguments(
             **args_kwargs(
                 tmp_path_factory.mktemp(optim),
                 optim=optim,
@@ -48,7 +48,7 @@ def eval_mse(tmp_path_factory):
                 logging_steps=60,
             )
         )
-        trainer = AdaBalanceTrainer(
+        trainer = Trainer(
             model=tiny_bert(0, hidden=64, layers=2, num_labels=1),
             args=args,
             train_dataset=train,

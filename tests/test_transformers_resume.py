@@ -7,10 +7,9 @@ import torch
 from _hf_helpers import classification_data, inner_optimizer, make_args, tiny_bert
 from transformers import Trainer, TrainerCallback
 
-from adabalance_hf import AdaBalance
-from adabalance_hf.integrations.transformers import (
+from adabalance_hf import (
+    AdaBalance,
     AdaBalanceTrainer,
-    AdaBalanceTrainingArguments,
     adabalance_optimizer_kwargs,
     trainer_param_groups,
 )
@@ -50,17 +49,12 @@ def build(route, output_dir, *, save, callbacks=()):
         logging_steps=N,
     )
     data = classification_data(n=16)
-    if route == "optim_name":
+    if route != "optimizer_object":  # the name, in AdaBalanceTrainer or the stock Trainer
         args = make_args(
-            output_dir,
-            AdaBalanceTrainingArguments,
-            optim="adabalance_amsbound",
-            optim_args="final_lr=0.05,gamma=1e-2",
-            **common,
+            output_dir, optim="adabalance_amsbound", optim_args="final_lr=0.05,gamma=1e-2", **common
         )
-        return AdaBalanceTrainer(
-            model=model, args=args, train_dataset=data, callbacks=list(callbacks)
-        )
+        trainer_cls = AdaBalanceTrainer if route == "adabalance_trainer" else Trainer
+        return trainer_cls(model=model, args=args, train_dataset=data, callbacks=list(callbacks))
     args = make_args(output_dir, **common)
     optimizer = AdaBalance(
         trainer_param_groups(model, args.weight_decay),
@@ -87,7 +81,7 @@ def assert_same_state(left: dict, right: dict, where: str = "") -> None:
             assert a == b, f"{where}/{key}"
 
 
-@pytest.mark.parametrize("route", ["optim_name", "optimizer_object"])
+@pytest.mark.parametrize("route", ["adabalance_trainer", "stock_trainer", "optimizer_object"])
 def test_resume_is_bitwise_exact(tmp_path, route):
     straight = build(route, tmp_path / "straight", save=False)
     straight.train()
@@ -115,6 +109,7 @@ def test_resume_is_bitwise_exact(tmp_path, route):
     for group_a, group_b in zip(state_a["param_groups"], state_b["param_groups"], strict=True):
         assert group_a == group_b
     assert state_b["param_groups"][0]["base_lr"] == 1e-2
+    assert state_b["param_groups"][0]["amsbound"] is (route != "optimizer_object")
     assert float(state_b["state"][0]["step"]) == 2 * N
 
 
@@ -127,7 +122,7 @@ def test_resuming_an_adamw_checkpoint_by_name_says_what_to_do_in_a_trainer(tmp_p
     )
     adamw.train()
     checkpoint = tmp_path / "checkpoint-2"
-    args = make_args(tmp_path, AdaBalanceTrainingArguments, optim="adabalance", **common)
+    args = make_args(tmp_path, optim="adabalance", **common)
     trainer = AdaBalanceTrainer(
         model=tiny_bert(), args=args, train_dataset=classification_data(n=8)
     )

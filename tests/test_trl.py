@@ -1,8 +1,6 @@
-"""TRL's SFT and DPO trainers with the AdaBalance optimizer names, on a tiny Llama."""
+"""TRL's own SFT, DPO and GRPO configs and trainers with the AdaBalance names, on a tiny Llama."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -16,30 +14,24 @@ from _trl_fixtures import (
     tokenizer,
     trl_kwargs,
 )
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.training_args import OptimizerNames
-from trl import DPOConfig, SFTConfig
+from trl import DPOConfig, DPOTrainer, GRPOConfig, SFTConfig, SFTTrainer, TrlParser
 
-from adabalance_hf import AdaBalance, AdaBalance8bit
-from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
-from adabalance_hf.integrations.trl import (
-    AdaBalanceDPOConfig,
-    AdaBalanceDPOTrainer,
-    AdaBalanceSFTConfig,
-    AdaBalanceSFTTrainer,
-)
+from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance, AdaBalance8bit
+from adabalance_hf.integrations.transformers import OptimizerOptionError
 
+# TRL's own classes: import adabalance_hf registers the names with transformers, so every TRL
+# config (a TrainingArguments subclass) and trainer (a Trainer subclass) takes them.
 KINDS = {
-    "sft": (SFTConfig, AdaBalanceSFTConfig, AdaBalanceSFTTrainer, sft_dataset),
-    "dpo": (DPOConfig, AdaBalanceDPOConfig, AdaBalanceDPOTrainer, dpo_dataset),
+    "sft": (SFTConfig, SFTTrainer, sft_dataset),
+    "dpo": (DPOConfig, DPOTrainer, dpo_dataset),
 }
-# Fields whose value legitimately differs: the optimizer name is a str here, an enum in TRL.
-OPTIM_FIELDS = {"optim", "optim_args"}
 
 
 def build(kind, output_dir, *, rows=8, callbacks=(), hidden_size=32, **overrides):
     """A trainer of ``kind`` on a fresh tiny Llama; DPO gets an identical frozen reference."""
-    _, config_cls, trainer_cls, data = KINDS[kind]
+    config_cls, trainer_cls, data = KINDS[kind]
     args = config_cls(**trl_kwargs(output_dir, **{"optim": "adabalance", **overrides}))
     # A model built from a config has no name_or_path for DPOTrainer to load a reference from,
     # so the reference is passed: the same seed gives the same initial weights.
@@ -54,48 +46,22 @@ def build(kind, output_dir, *, rows=8, callbacks=(), hidden_size=32, **overrides
     )
 
 
-def field_default(f: dataclasses.Field):
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
 # (a) -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_config_keeps_every_trl_default(kind, tmp_path):
-    trl_cls, ours_cls, _, _ = KINDS[kind]
-    assert issubclass(ours_cls, trl_cls)
-    theirs = {f.name: f for f in dataclasses.fields(trl_cls)}
-    ours = {f.name: f for f in dataclasses.fields(ours_cls)}
-    assert set(theirs) <= set(ours), set(theirs) - set(ours)
-    differ = {
-        name: (field_default(ours[name]), field_default(f))
-        for name, f in theirs.items()
-        if name not in OPTIM_FIELDS and field_default(ours[name]) != field_default(f)
-    }
-    assert not differ, differ
-    # The default optimizer is TRL's (a built-in name), not an AdaBalance one.
-    assert OptimizerNames(field_default(ours["optim"])) == OptimizerNames(
-        field_default(theirs["optim"])
-    )
-    # The spot checks the brief names, then every value after __post_init__ (TRL's and
-    # transformers' derived values included). use_cpu: bf16 defaults on, which needs it here.
-    assert ours_cls.learning_rate == trl_cls.learning_rate != 5e-5
-    assert ours_cls.gradient_checkpointing is trl_cls.gradient_checkpointing is True
-    assert ours_cls.logging_steps == trl_cls.logging_steps == 10
-    mine, stock = (
-        ours_cls(output_dir=str(tmp_path), use_cpu=True),
-        trl_cls(output_dir=str(tmp_path), use_cpu=True),
-    )
-    values = {
-        name: (getattr(mine, name), getattr(stock, name))
-        for name in theirs
-        if name not in OPTIM_FIELDS and getattr(mine, name) != getattr(stock, name)
-    }
-    assert not values, values
-    assert OptimizerNames(mine.optim) == stock.optim
+@pytest.mark.parametrize("config_cls", [SFTConfig, DPOConfig, GRPOConfig])
+def test_trl_configs_take_the_names_and_keep_their_defaults(config_cls, tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", bf16=False)
+    args = config_cls(**base, optim="adabalancew", optim_args="final_lr=0.05")
+    assert args.optim == "adabalancew"
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert cls is AdaBalance and kwargs["final_lr"] == 0.05 and kwargs["decoupled_weight_decay"]
+    assert kwargs["lr"] == config_cls.learning_rate
+    default = config_cls(**base)
+    assert args.learning_rate == default.learning_rate == config_cls.learning_rate != 5e-5
+    assert default.optim == config_cls.__dataclass_fields__["optim"].default  # not a name
+    with pytest.raises(OptimizerOptionError, match=r"--optim_args 'gamma=abc' \(with --optim"):
+        config_cls(**base, optim="adabalancew", optim_args="gamma=abc")
 
 
 # (b) -------------------------------------------------------------------------------------------
@@ -238,26 +204,39 @@ def test_an_8bit_name_trains_with_8bit_state_and_resumes_bitwise(tmp_path):
 # (e) -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("parser_cls", [HfArgumentParser, TrlParser])
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_argument_parser_takes_the_names(kind, tmp_path, capsys):
-    trl_cls, ours_cls, _, _ = KINDS[kind]
-    parser = HfArgumentParser(ours_cls)
+def test_argument_parsers_take_the_names(kind, parser_cls, tmp_path, capsys):
+    config_cls = KINDS[kind][0]
+    parser = parser_cls(config_cls)
+    is_trl = parser_cls is TrlParser
+    parse = parser.parse_args_and_config if is_trl else parser.parse_args_into_dataclasses
     common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
-    (args,) = parser.parse_args_into_dataclasses(
-        [*common, "--optim", "adabalance", "--optim_args", "beta3=0.9"]
+    (args,) = parse(
+        [*common, "--optim", "adabalancew_8bit", "--optim_args", "block_size=64,final_lr=0.1"]
     )
-    assert type(args) is ours_cls
-    assert args.optim == "adabalance" and args.optim_args == "beta3=0.9"
-    assert args.learning_rate == trl_cls.learning_rate  # TRL's default, not transformers'
+    assert type(args) is config_cls
+    assert args.optim == "adabalancew_8bit" and args.optim_args == "block_size=64,final_lr=0.1"
+    assert args.learning_rate == config_cls.learning_rate  # TRL's default, not transformers'
 
     with pytest.raises(SystemExit):
-        parser.parse_args_into_dataclasses([*common, "--optim", "adabalanze"])
+        parse([*common, "--optim", "adabalanze"])
     err = capsys.readouterr().err
     assert "adabalanze" in err
     for valid in ("adabalance", "adabalancew", "adamw_torch"):
         assert f"'{valid}'" in err or f"{valid}," in err, err
+    with pytest.raises(OptimizerOptionError, match="block_size") as raised:
+        parse([*common, "--optim", "adabalancew", "--optim_args", "block_size=64"])
+    assert str(raised.value).startswith("--optim_args 'block_size=64' (with --optim adabalancew)")
 
-    with pytest.raises(ValueError, match="adabalanze") as raised:
-        ours_cls(output_dir=str(tmp_path), use_cpu=True, optim="adabalanze")
-    for valid in ("adabalance", "adabalancew_amsbound", "adamw_torch"):
-        assert valid in str(raised.value)
+
+def test_trl_parser_takes_a_name_from_a_yaml_config(tmp_path):
+    config = tmp_path / "sft.yaml"  # what `trl sft --config sft.yaml` reads
+    config.write_text("optim: adabalancew_amsbound\noptim_args: final_lr=0.05\nuse_cpu: true\n")
+    (args,) = TrlParser(SFTConfig).parse_args_and_config(
+        ["--config", str(config), "--output_dir", str(tmp_path)]
+    )
+    assert type(args) is SFTConfig and args.optim == "adabalancew_amsbound"
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert cls is AdaBalance and kwargs["final_lr"] == 0.05
+    assert kwargs["amsbound"] is True and kwargs["decoupled_weight_decay"] is True
