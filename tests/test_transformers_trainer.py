@@ -237,10 +237,7 @@ CHECKS_CASES = {
     "subclass": {},
     "no_diagnostics": {"adabalance_diagnostics": False},
     "no_diagnostics_own_checks": {"adabalance_diagnostics": False, "own_checks": True},
-    "own_checks": pytest.param(
-        {"own_checks": True},
-        marks=pytest.mark.xfail(strict=True, reason="package bug, see the report: run twice"),
-    ),
+    "own_checks": {"own_checks": True},
 }
 
 

@@ -18,8 +18,9 @@ To register the optimizer names (``registration.py``):
   ``Trainer.get_optimizer_cls_and_kwargs`` looks up.
 * transformers 4.57: no such dict; the public static ``Trainer.get_optimizer_cls_and_kwargs``
   (an if-chain) is wrapped so that our names go to our handler first.
-* ``TrainingArguments.__post_init__`` is wrapped (public, but patching it is not promised to
-  keep working) so that a bad ``optim_args`` fails when the arguments are parsed.
+* ``TrainingArguments.__post_init__`` and ``TrainingArguments.set_optimizer`` are wrapped
+  (public, but patching them is not promised to keep working) so that a bad ``optim_args``
+  fails when the arguments are parsed or set.
 
 For crash-safe checkpoints (``adabalance_hf.checkpoint.trainer.AtomicCheckpointsMixin``), the
 private ``Trainer`` methods in :data:`PRIVATE_TRAINER_METHODS`:

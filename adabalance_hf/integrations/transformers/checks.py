@@ -29,6 +29,8 @@ __all__ = ["TrainerChecks", "check_optimizer_holds_trainable_parameters"]
 logger = logging.getLogger(__name__)
 
 _FIRST_NAMES = 5
+# Set on the TrainerState once a TrainerChecks has run in this train() call.
+_DONE = "_adabalance_checks_done"
 _FIX = (
     "Build the optimizer after the model is wrapped (after get_peft_model, or from "
     "trainer.model), or let the Trainer build it: pass optimizer_cls_and_kwargs=(AdaBalance, "
@@ -135,6 +137,9 @@ class TrainerChecks(TrainerCallback):
             DistributedSetupError: for a launch whose processes each train alone.
             ValueError: if the optimizer holds none of the model's trainable parameters.
         """
+        if vars(state).get(_DONE) is not None:
+            return  # another TrainerChecks (the diagnostics callback is one) ran them
+        vars(state)[_DONE] = True  # a fresh TrainerState each train(): they run once per call
         if self.launch:
             check_trainer_launch(args)
         if self.parameters:

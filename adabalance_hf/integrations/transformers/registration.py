@@ -170,26 +170,31 @@ def check_optimizer_options(args: Any) -> None:
         signature = inspect.signature(cls).parameters.values()
         defaults = {p.name: p.default for p in signature if p.default is not p.empty}
         validate_hyperparameters({**defaults, **kwargs})
+        if kwargs.get("fused") and kwargs.get("foreach"):  # the constructor's RuntimeError
+            raise ValueError(
+                "foreach=True and fused=True cannot both be set; pick one (the *_fused names "
+                "set fused=True: drop foreach from optim_args)"
+            )
     except ValueError as error:
         flag, value, text = _flag_and_value(error, args)
         install_short_errors()  # uncaught, it prints as one line, as argparse's errors do
         raise OptimizerOptionError(f"{flag} {value} (with --optim {name}): {text}") from None
 
 
-def _wrap_post_init(training_args_cls: type) -> None:
-    """Check an AdaBalance name's options when the arguments are created."""
-    original = training_args_cls.__post_init__
-    if getattr(original, "__adabalance_wrapped__", False):
-        return
+def _check_after(method: Any) -> Any:
+    """``method``, then :func:`check_optimizer_options` when ``optim`` is an AdaBalance name."""
+    if getattr(method, "__adabalance_wrapped__", False):
+        return method
 
-    @functools.wraps(original)
-    def __post_init__(self: Any) -> None:
-        original(self)
+    @functools.wraps(method)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
         if is_adabalance_name(self.optim):
             check_optimizer_options(self)
+        return result
 
-    __post_init__.__adabalance_wrapped__ = True
-    training_args_cls.__post_init__ = __post_init__
+    checked.__adabalance_wrapped__ = True
+    return checked
 
 
 @functools.cache
@@ -220,14 +225,17 @@ def _guarded(register: Any) -> Any:
 
 @_guarded
 def register_names(training_args: ModuleType) -> None:
-    """Add the names to ``OptimizerNames`` and check their options in ``__post_init__``.
+    """Add the names to ``OptimizerNames``; check their options in ``__post_init__`` and
+    ``set_optimizer``.
 
     Args:
         training_args (module): ``transformers.training_args``.
     """
     for name in adabalance_optimizer_names():
         add_enum_member(training_args.OptimizerNames, name.upper(), name)
-    _wrap_post_init(training_args.TrainingArguments)
+    arguments = training_args.TrainingArguments
+    for method in ("__post_init__", "set_optimizer"):
+        setattr(arguments, method, _check_after(getattr(arguments, method)))
 
 
 @_guarded
