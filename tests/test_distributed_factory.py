@@ -22,6 +22,26 @@ def _ids(params) -> set[int]:
     return {id(p) for p in params}
 
 
+def test_a_name_gives_the_class_variant_and_fine_tuning_defaults(clean_env) -> None:
+    from adabalance_hf import AdaBalance8bit
+
+    model = tiny_bert()
+    options = {"optim": "adabalancew_8bit", "optim_args": "block_size=64,gamma=1e-3"}
+    optimizer = create_optimizer(model, lr=2e-3, weight_decay=0.01, final_lr=0.2, **options)
+    assert type(optimizer) is AdaBalance8bit
+    group = optimizer.param_groups[0]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert (group["lr"], group["base_lr"], group["block_size"]) == (2e-3, 2e-3, 64)
+    assert (group["final_lr"], group["gamma"]) == (0.2, 1e-3)  # the override, optim_args
+    assert group["beta3"] == 0.9 and group["decoupled_weight_decay"] is True  # name defaults
+    with pytest.raises(TypeError, match="not both"):
+        create_optimizer(model, optim="adabalance", optimizer_class=AdaBalance8bit)
+    with pytest.raises(TypeError, match="needs `optim`"):
+        create_optimizer(model, optim_args="gamma=1e-3")
+    with pytest.raises(ValueError, match="gamma='x' is not a finite float"):
+        create_optimizer(model, optim="adabalance", optim_args="gamma=x")
+
+
 def test_groups_follow_the_trainer_rule(clean_env) -> None:
     model = tiny_bert()
     optimizer = create_optimizer(model, lr=3e-3, weight_decay=0.05, final_lr=0.02)
