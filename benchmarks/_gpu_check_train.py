@@ -66,9 +66,9 @@ def markov_blocks(n: int, length: int) -> torch.Tensor:
 
 def train_once(ctx: Context, optim: str, optim_args: str, data: TokenBlocks, steps: int) -> dict:
     """One Trainer run; its losses, gradient norms and whether the parameters stayed finite."""
-    from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback
+    from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback, TrainingArguments
 
-    from adabalance_hf import AdaBalanceTrainer, AdaBalanceTrainingArguments
+    from adabalance_hf import AdaBalanceTrainer
 
     size = ctx.pick(full=(256, 4, 4), quick=(256, 4, 4), cpu_quick=(64, 2, 2))
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def train_once(ctx: Context, optim: str, optim_args: str, data: TokenBlocks, ste
     config = GPT2Config(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, **shape)
     model = GPT2LMHeadModel(config).to(torch.bfloat16)
     with tempfile.TemporaryDirectory(prefix="gpu-check-gpt2-") as out:
-        args = AdaBalanceTrainingArguments(
+        args = TrainingArguments(
             output_dir=out,
             optim=optim,
             optim_args=optim_args or None,

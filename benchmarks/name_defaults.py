@@ -1,8 +1,8 @@
 """Which AdaBalance defaults should the Trainer names (``optim="adabalance"`` ...) get?
 
-Issue 12, item 1. Every run goes through transformers' ``Trainer`` flow with the package's own
-classes, ``AdaBalanceTrainingArguments(optim=NAME, optim_args=STRING)`` and
-``AdaBalanceTrainer``, one setting per run, and the options are given only as ``optim`` plus an
+Issue 12, item 1. Every run goes through transformers' ``Trainer`` flow: the stock
+``TrainingArguments(optim=NAME, optim_args=STRING)`` (``import adabalance_hf`` registers the names)
+and ``AdaBalanceTrainer``, one setting per run, and the options are given only as ``optim`` plus an
 ``optim_args`` string (the ``--adabalance_*`` fields are being removed). Every setting passes its
 ``optim_args`` explicitly, so a change of the names' own defaults cannot change what a run means;
 the optimizer's real hyper-parameters are read back from its param groups into each record.
@@ -124,16 +124,17 @@ def glue_run(args, label: str, seed: int) -> dict:
         BertConfig,
         BertForSequenceClassification,
         DataCollatorWithPadding,
+        TrainingArguments,
         set_seed,
     )
 
-    from adabalance_hf import AdaBalanceTrainer, AdaBalanceTrainingArguments
+    from adabalance_hf import AdaBalanceTrainer
 
     optim, optim_args, weight_decay = parse_setting(label)
     tokenizer, train_set, dev_set, binary = glue_data(args)
     started = time.time()
     with tempfile.TemporaryDirectory() as out:
-        training_args = AdaBalanceTrainingArguments(
+        training_args = TrainingArguments(
             output_dir=out,
             optim=optim,
             optim_args=optim_args or None,
@@ -215,7 +216,7 @@ def glue_run(args, label: str, seed: int) -> dict:
 def _with_name_defaults(optim: str, optim_args: str) -> str:
     """``optim_args`` with the names' fine-tuning defaults it leaves open written out, so the
     GPT-2 recipe's own defaults (``DEFAULT_OPTIM_ARGS``) do not change what a setting means."""
-    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
+    from adabalance_hf import FINE_TUNING_DEFAULTS
 
     return fill_open_options(optim, optim_args, FINE_TUNING_DEFAULTS)[0]
 

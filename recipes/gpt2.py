@@ -1,12 +1,15 @@
 """Causal-LM fine-tuning (or training from scratch) of GPT-2 with ``AdaBalanceTrainer``.
 
-The command line is ``HfArgumentParser`` over the model/data arguments below and
-``AdaBalanceTrainingArguments``, so every Trainer flag works, including ``--optim adabalance`` and
-``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"``. The recipe's defaults differ from the
-Trainer's in two places (``DEFAULT_OPTIM``, ``DEFAULT_OPTIM_ARGS`` below): ``--optim`` defaults to
-``adabalancew`` (AdaBalance with AdamW-style weight decay), and an AdaBalance name gets
-``beta3=0.99`` and ``final_lr=0.3`` unless ``--optim_args`` sets them. Pass ``--optim
-adamw_torch`` for AdamW.
+The command line is ``HfArgumentParser`` over the model/data arguments below and transformers'
+``TrainingArguments``, so every Trainer flag works, including ``--optim adabalance`` and
+``--optim_args "final_lr=0.01,gamma=1e-3,beta3=0.99"`` (``import adabalance_hf`` registers the
+AdaBalance names with transformers). The recipe's defaults differ from the Trainer's in two places
+(``DEFAULT_OPTIM``, ``DEFAULT_OPTIM_ARGS`` below): ``--optim`` defaults to ``adabalancew``
+(AdaBalance with AdamW-style weight decay), and an AdaBalance name gets ``beta3=0.99`` and
+``final_lr=0.3`` unless ``--optim_args`` sets them. Pass ``--optim adamw_torch`` for AdamW. A bad
+argument, an AdaBalance option included, or a bad data file ends the run with one line
+``gpt2.py: error: <flag> <value> ...: <the fix>`` and exit code 2.
+
 Examples::
 
     # pretrained gpt2 on WikiText-2 from the Hub, AdaBalance at the recipe's defaults
@@ -38,9 +41,31 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["DataArguments", "ModelArguments", "fill_open_options", "main"]
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from adabalance_hf import AdaBalanceTrainer, adabalance_optimizer_names
+from adabalance_hf.checkpoint import AtomicCheckpointsMixin
+from adabalance_hf.integrations.transformers import OptimizerOptionError
+from adabalance_hf.optim_args import parse_optim_args
+
+__all__ = ["DataArguments", "ModelArguments", "fill_open_options", "main", "parse"]
+
+PROG = Path(__file__).name
 
 # The recipe's departures from the Trainer integration's fine-tuning defaults, measured on
 # WikiText-2 (benchmarks/results/glue_quality.md, gpt2_settings.md): the decoupled weight decay of
@@ -52,14 +77,18 @@ DEFAULT_OPTIM_ARGS = {"beta3": 0.99, "final_lr": 0.3}
 
 @dataclass
 class ModelArguments:
+    """Which model to fine-tune, or which configuration to train from scratch, and its tokenizer."""
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "pretrained model: Hub id (gpt2) or local folder"}
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": "train from scratch from this config (Hub id or folder); with neither "
-                  "this nor --model_name_or_path, GPT2Config() plus --config_overrides"},
-    )  # fmt: skip
+        metadata={
+            "help": "train from scratch from this config (Hub id or folder); with neither this "
+            "nor --model_name_or_path, GPT2Config() plus --config_overrides"
+        },
+    )
     config_overrides: str | None = field(
         default=None, metadata={"help": "size overrides, e.g. n_layer=4,n_embd=256,n_head=4"}
     )
@@ -74,6 +103,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """The training and validation text: local files or a Hub dataset, cut into blocks."""
+
     dataset_name: str | None = field(
         default=None, metadata={"help": "Hub dataset (default wikitext, without local files)"}
     )
@@ -107,8 +138,8 @@ def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
     """Training and validation lines, from local files or the Hub."""
     if data.train_file or data.validation_file:
         texts = []
-        for flag, path in (("--train_file", data.train_file),
-                           ("--validation_file", data.validation_file)):  # fmt: skip
+        files = {"--train_file": data.train_file, "--validation_file": data.validation_file}
+        for flag, path in files.items():
             if not path:
                 raise FileNotFoundError(
                     f"{flag} is missing: pass both --train_file and --validation_file (plain "
@@ -139,10 +170,9 @@ def load_texts(data: DataArguments) -> tuple[list[str], list[str], str]:
     return list(raw["train"][column]), list(raw["validation"][column]), f"hub:{name}/{config}"
 
 
-def train_tokenizer(lines: list[str], vocab_size: int):
+def train_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``lines``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -159,9 +189,8 @@ def train_tokenizer(lines: list[str], vocab_size: int):
     )
 
 
-def build_model(model_args: ModelArguments, vocab_size: int):
-    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
-
+def build_model(model_args: ModelArguments, vocab_size: int) -> PreTrainedModel:
+    """A pretrained model (its embeddings grown to ``vocab_size``) or a new one from a config."""
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
         if model.get_input_embeddings().num_embeddings < vocab_size:
@@ -177,7 +206,9 @@ def build_model(model_args: ModelArguments, vocab_size: int):
     return AutoModelForCausalLM.from_config(config)
 
 
-def blocks(lines: list[str], tokenizer, block_size: int, limit: int | None) -> list[dict]:
+def blocks(
+    lines: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, limit: int | None
+) -> list[dict[str, list[int]]]:
     """Tokenize, concatenate and cut into ``block_size`` chunks (the remainder is dropped)."""
     lines = [line for line in lines if line.strip()]
     ids: list[int] = []
@@ -187,34 +218,44 @@ def blocks(lines: list[str], tokenizer, block_size: int, limit: int | None) -> l
     count = len(ids) // block_size
     if limit is not None:
         count = min(count, limit)
-    return [
-        {"input_ids": ids[i * block_size : (i + 1) * block_size],
-         "labels": ids[i * block_size : (i + 1) * block_size]}
-        for i in range(count)
-    ]  # fmt: skip
+    chunks = [ids[i * block_size : (i + 1) * block_size] for i in range(count)]
+    return [{"input_ids": chunk, "labels": chunk} for chunk in chunks]
 
 
-def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, Any, dict]:
+def parse(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, dict[str, float]]:
     """Parse the command line (or one JSON config file) and fill in the recipe's defaults.
 
-    Returns the three argument dataclasses and the AdaBalance options set from the recipe's
-    defaults (those ``--optim_args`` left open), for the log.
+    An invalid argument, an AdaBalance option included (``--learning_rate=-1e-3``,
+    ``--optim_args final_lr=x``), ends the program with one line that names the flag, the value
+    and the fix, after the usage line, and exit code 2, as argparse does.
+
+    Args:
+        argv (list of str, optional): the arguments. Default: ``sys.argv[1:]``
+
+    Returns:
+        tuple: the three argument dataclasses and the AdaBalance options set from the recipe's
+        defaults (those ``--optim_args`` left open), for the log.
     """
-    from transformers import HfArgumentParser
-
-    from adabalance_hf import AdaBalanceTrainingArguments
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, AdaBalanceTrainingArguments))
+    usage = "%(prog)s [-h] [--FLAG VALUE ...] | %(prog)s ARGUMENTS.json"  # not 100 lines of flags
+    dataclasses = (ModelArguments, DataArguments, TrainingArguments)
+    parser = HfArgumentParser(dataclasses, prog=PROG, usage=usage)
     parser.set_defaults(optim=DEFAULT_OPTIM)
+    config = None
     if len(argv) == 1 and argv[0].endswith(".json"):
         config = {"optim": DEFAULT_OPTIM, **json.loads(Path(argv[0]).read_text())}
-        model_args, data_args, training_args = parser.parse_dict(config)
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    training_args.optim_args, applied = fill_open_options(
-        training_args.optim, training_args.optim_args, DEFAULT_OPTIM_ARGS
-    )
+    try:  # TrainingArguments checks an AdaBalance name's options when it is created
+        if config is not None:
+            model_args, data_args, training_args = parser.parse_dict(config)
+        else:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        training_args.optim_args, applied = fill_open_options(
+            training_args.optim, training_args.optim_args, DEFAULT_OPTIM_ARGS
+        )
+    except (OptimizerOptionError, ValueError) as error:  # the latter: a bad --optim_args too
+        parser.error(str(error))  # "--learning_rate -0.001 (with --optim adabalancew): ..."
     return model_args, data_args, training_args, applied
 
 
@@ -229,10 +270,11 @@ def fill_open_options(
         defaults (dict): the options to fill in where ``optim_args`` does not set them.
 
     Returns:
-        The new ``optim_args`` string and the options filled in.
-    """
-    from adabalance_hf.integrations.transformers import adabalance_optimizer_names, parse_optim_args
+        tuple: the new ``optim_args`` string and the options filled in.
 
+    Raises:
+        ValueError: if ``optim_args`` is not a valid AdaBalance ``optim_args`` string.
+    """
     if optim not in adabalance_optimizer_names():
         return optim_args, {}
     given = parse_optim_args(optim_args)
@@ -241,59 +283,93 @@ def fill_open_options(
     return ",".join(pair for pair in pairs if pair), applied
 
 
-def main(argv=None) -> dict:
+def fail(training_args: TrainingArguments, message: str) -> NoReturn:
+    """Exit with code 2 on every process; the main one prints ``gpt2.py: error: message``."""
+    if training_args.process_index == 0:
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    if torch.distributed.is_initialized():  # no process leaves before the message is out
+        torch.distributed.barrier()
+    sys.exit(2)
+
+
+class RecipeTrainer(AtomicCheckpointsMixin, AdaBalanceTrainer):
+    """AdaBalance's diagnostics, crash-safe checkpoints and ``--resume_from_checkpoint auto``."""
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the recipe; returns what it writes to ``results.json``.
+
+    Args:
+        argv (list of str, optional): the arguments. Default: ``sys.argv[1:]``
+    """
     started = time.time()
+    # Parse the arguments (AdaBalance's options are checked here too)
     model_args, data_args, training_args, recipe_defaults = parse(argv)
-    if recipe_defaults:
+    if recipe_defaults and training_args.process_index == 0:  # said once, by the main process
+        optim = getattr(training_args.optim, "value", training_args.optim)  # an enum member
         settings = ", ".join(f"{key}={value:g}" for key, value in recipe_defaults.items())
-        print(f"optim={training_args.optim} with the GPT-2 recipe's defaults {settings} "
-              f"(set them with --optim_args)", flush=True)  # fmt: skip
-    from transformers import AutoTokenizer, default_data_collator, set_seed
-
-    from adabalance_hf import AdaBalanceTrainer, AtomicCheckpointsMixin
-
-    class RecipeTrainer(AtomicCheckpointsMixin, AdaBalanceTrainer):
-        """AdaBalance's names, with crash-safe checkpoints and --resume_from_checkpoint auto."""
-
+        print(
+            f"optim={optim} with the GPT-2 recipe's defaults {settings} "
+            "(set them with --optim_args)",
+            flush=True,
+        )
     set_seed(training_args.seed)
-    train_lines, eval_lines, source = load_texts(data_args)
+
+    # Load the data
+    try:  # the errors name the flag, the file and the fix
+        train_lines, eval_lines, source = load_texts(data_args)
+    except (OSError, ValueError, RuntimeError) as error:
+        fail(training_args, str(error))
+
+    # Load or train the tokenizer, and build the model
     if model_args.train_tokenizer:
         tokenizer = train_tokenizer(train_lines, model_args.tokenizer_vocab_size)
     else:
-        name = (model_args.tokenizer_name or model_args.model_name_or_path
-                or model_args.config_name)  # fmt: skip
+        name = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
         if not name:
-            raise ValueError(
-                "no tokenizer: pass --tokenizer_name (Hub id or folder), "
-                "--model_name_or_path, or --train_tokenizer to train one on the training text"
+            fail(
+                training_args,
+                "no tokenizer: pass --tokenizer_name (Hub id or folder), --model_name_or_path, "
+                "or --train_tokenizer to train one on the training text",
             )
         tokenizer = AutoTokenizer.from_pretrained(name)
     model = build_model(model_args, len(tokenizer))
+
+    # Tokenize the text into blocks
     max_positions = getattr(model.config, "n_positions", data_args.block_size)
     if data_args.block_size > max_positions:
-        raise ValueError(
-            f"--block_size {data_args.block_size} exceeds the model's n_positions "
-            f"{max_positions}; lower it or raise n_positions in --config_overrides"
+        fail(
+            training_args,
+            f"--block_size {data_args.block_size}: exceeds the model's n_positions "
+            f"{max_positions}; lower it or raise n_positions in --config_overrides",
         )
     train_set = blocks(train_lines, tokenizer, data_args.block_size, data_args.max_train_blocks)
     eval_set = blocks(eval_lines, tokenizer, data_args.block_size, data_args.max_eval_blocks)
     if not train_set or not eval_set:
-        raise ValueError(
-            f"fewer than --block_size {data_args.block_size} tokens in the training or "
-            f"validation text; lower --block_size or give more text"
+        fail(
+            training_args,
+            f"--block_size {data_args.block_size}: more tokens than the training or validation "
+            "text holds; lower --block_size or give more text",
         )
 
+    # Train! (the Trainer builds AdaBalance from --optim and --optim_args)
     trainer = RecipeTrainer(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-        processing_class=tokenizer, data_collator=default_data_collator,
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    # Evaluate, save the model and the results
     eval_metrics = trainer.evaluate()
     perplexity = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 50 else math.inf
     trainer.save_model()
     optimizer = trainer.optimizer
     inner = getattr(optimizer, "optimizer", optimizer)
-    hyper = {k: v for k, v in inner.param_groups[0].items() if k != "params"}
+    hyper = {k: v for k, v in inner.param_groups[0].items() if isinstance(v, (int, float, bool))}
     results = {
         "model_arguments": asdict(model_args),
         "data_arguments": asdict(data_args),
@@ -303,14 +379,13 @@ def main(argv=None) -> dict:
         "train_blocks": len(train_set),
         "eval_blocks": len(eval_set),
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "optimizer": {"class": type(inner).__name__,
-                      **{k: v for k, v in hyper.items() if isinstance(v, (int, float, bool))}},
+        "optimizer": {"class": type(inner).__name__, **hyper},
         "train_metrics": train_output.metrics,
         "eval_metrics": eval_metrics,
         "validation_perplexity": perplexity,
         "log_history": trainer.state.log_history,
         "wall_time_s": time.time() - started,
-    }  # fmt: skip
+    }
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

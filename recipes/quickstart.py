@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from adabalance_hf import AdaBalance
-from adabalance_hf.optim._step_scalars import step_scalars
+from adabalance_hf.integrations.transformers import adabalance_diagnostics
 
 
 def make_spirals(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,7 @@ def make_spirals(count: int, generator: torch.Generator) -> tuple[torch.Tensor, 
 
 
 def train(optimizer_name: str, steps: int, seed: int) -> float:
+    """Train the MLP with ``"adabalance"`` or ``"adamw"``; returns the held-out accuracy."""
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = make_spirals(2048, generator)
     test_x, test_y = make_spirals(1024, generator)
@@ -49,22 +50,15 @@ def train(optimizer_name: str, steps: int, seed: int) -> float:
         loss = nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
         optimizer.zero_grad()
         loss.backward()
+        step_lrs = [group["lr"] for group in optimizer.param_groups]  # before the schedule moves
         optimizer.step()
         scheduler.step()
         if step % (steps // 4) == 0:
             message = f"[{optimizer_name:>10}] step {step:4d}  loss {loss.item():.4f}"
-            if isinstance(optimizer, AdaBalance):
-                group = optimizer.param_groups[0]
-                bounds = step_scalars(
-                    step,
-                    lr=group["lr"],
-                    base_lr=group["base_lr"],
-                    beta1=group["betas"][0],
-                    beta2=group["betas"][1],
-                    final_lr=group["final_lr"],
-                    gamma=group["gamma"],
-                )
-                message += f"  lr bounds [{bounds.lower:.4f}, {bounds.upper:.4f}]"
+            if isinstance(optimizer, AdaBalance):  # the bounds of the step just taken
+                bounds = adabalance_diagnostics(optimizer, step_lrs)
+                lower, upper = bounds["lower_bound"], bounds["upper_bound"]
+                message += f"  lr bounds [{lower:.4f}, {upper:.4f}]"
             print(message, flush=True)
 
     with torch.no_grad():

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _run_settings import expected_settings, recorded_settings, stale_runs  # noqa: E402
 
-from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS  # noqa: E402
+from adabalance_hf import FINE_TUNING_DEFAULTS  # noqa: E402
 
 
 def _glue_record(final_lr: float, optimizer: str = "adabalance") -> dict:

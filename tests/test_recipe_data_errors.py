@@ -223,14 +223,23 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def _error_line(done: subprocess.CompletedProcess, prog: str) -> str:
+    """The one ``prog: error: ...`` line a failed run ends with: no traceback, exit code 2."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert len(errors) == 1 and done.stderr.strip().splitlines()[-1] == errors[0], done.stderr
+    return errors[0]
+
+
 def test_glue_recipe_stops_on_a_bad_label_before_building_a_model(tmp_path) -> None:
     folder = _glue_dir(tmp_path / "SST-2", SST2_HEADER + "fine\t1\nbad\tpositive\n")
     done = _run("glue.py", "--task_name", "sst2", "--data_dir", str(folder),
                 "--model_name_or_path", str(tmp_path / "no-model"),
                 "--output_dir", str(tmp_path / "out"))  # fmt: skip
-    assert done.returncode != 0
-    last = done.stderr.strip().splitlines()[-1]
-    assert re.search(r"ValueError: .*train\.tsv line 3, column 'label': 'positive' is not", last)
+    last = _error_line(done, "glue.py")
+    assert re.search(r"glue\.py: error: --data_dir .*train\.tsv line 3, column 'label': "
+                     r"'positive' is not one of \('0', '1'\); fix the row", last)  # fmt: skip
     assert "no-model" not in done.stderr  # the model was never looked for
     assert not (tmp_path / "out" / "results.json").exists()
 
@@ -242,7 +251,22 @@ def test_gpt2_recipe_stops_on_a_missing_wikitext_file(tmp_path) -> None:
                 "--validation_file", str(valid), "--train_tokenizer",
                 "--output_dir", str(tmp_path / "out"), "--report_to", "none",
                 "--use_cpu")  # fmt: skip
-    assert done.returncode != 0
-    last = done.stderr.strip().splitlines()[-1]
-    assert "FileNotFoundError: --train_file" in last and "wiki.train.raw: no such file" in last
+    last = _error_line(done, "gpt2.py")
+    assert last.startswith("gpt2.py: error: --train_file ")
+    assert "wiki.train.raw: no such file" in last
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_bad_optimizer_option_is_one_usage_line_and_one_error_line(tmp_path) -> None:
+    # argparse's form, as for any other bad flag: "usage: ..." and "prog: error: <flag> <value>:
+    # <fix>", exit code 2, no traceback (the option is checked before any data or model is read)
+    glue = _run("glue.py", "--task_name", "sst2", "--model_name_or_path", "x",
+                "--learning_rate=-1e-3")  # fmt: skip
+    fix = "must lie in [0.0, inf)"
+    assert _error_line(glue, "glue.py") == f"glue.py: error: --learning_rate -0.001: {fix}"
+    assert glue.stderr.startswith("usage: glue.py [-h] ") and len(glue.stderr.splitlines()) == 2
+    gpt2 = _run("gpt2.py", "--output_dir", str(tmp_path), "--use_cpu", "--learning_rate=-1e-3")
+    last = _error_line(gpt2, "gpt2.py")
+    assert re.match(r"gpt2\.py: error: --learning_rate -0\.001\b.*must lie in \[0\.0, inf\)$", last)
+    assert gpt2.stderr.startswith("usage: gpt2.py [-h] ") and len(gpt2.stderr.splitlines()) == 2
+    assert not any(tmp_path.iterdir())

@@ -220,7 +220,7 @@ def test_a_two_label_head_for_one_or_three_labels_needs_ignore_mismatched_sizes(
                 "16", "--max_train_steps", "2", "--output_dir", str(tmp_path / name)]  # fmt: skip
         capsys.readouterr()
         assert _run(argv) == 2, name
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         labels = 1 if name == "stsb" else 3
         head = f"has a classification head for another number of labels than this task's {labels}"
         assert head in out

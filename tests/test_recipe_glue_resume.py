@@ -239,16 +239,16 @@ def test_explicit_damaged_checkpoint_names_path_reason_and_fix(setup, reference,
     (damaged / "random_states_0.pkl").unlink()
     argv = [*_args(setup, out), "--resume_from_checkpoint", str(damaged)]
     assert run_here(argv) == 2
-    message = capsys.readouterr().out
+    message = capsys.readouterr().err
     assert f"cannot resume from {damaged}: random_states_0.pkl is missing" in message
     assert f"--resume_from_checkpoint {out / 'checkpoints' / 'step_16'}" in message
     assert "--resume_from_checkpoint auto" in message
     (out / "checkpoints" / "step_16" / MANIFEST_NAME).unlink()
     assert run_here(argv) == 2
-    message = capsys.readouterr().out
+    message = capsys.readouterr().err
     assert "--resume_from_checkpoint auto" in message and "step_16" not in message
     assert run_here([*_args(setup, out), "--resume_from_checkpoint", str(tmp_path)]) == 2
-    assert f"{tmp_path}: no {MANIFEST_NAME}" in capsys.readouterr().out
+    assert f"{tmp_path}: no {MANIFEST_NAME}" in capsys.readouterr().err
 
 
 def test_interrupt_then_full_disk_then_resume(setup, reference, tmp_path, monkeypatch, capsys):
@@ -277,7 +277,7 @@ def test_interrupt_then_full_disk_then_resume(setup, reference, tmp_path, monkey
     monkeypatch.setattr(torch, "save", full_disk)
     capsys.readouterr()
     assert run_here(_args(setup, out, *auto)) == 1
-    message = capsys.readouterr().out
+    message = capsys.readouterr().err
     staging = out / "checkpoints" / ".step_12.incomplete"
     assert Path(calls[0]) == staging / "optimizer.bin"
     assert f"saving checkpoint {out / 'checkpoints' / 'step_12'} failed" in message
@@ -375,3 +375,18 @@ def test_argument_checks(capsys):
     with pytest.raises(SystemExit):
         glue.parse_args([*base, "--save_total_limit", "-1"])
     assert "--save_total_limit: expected N >= 1" in capsys.readouterr().err
+    # AdaBalance's options: the optimizer's own range checks, named by the recipe's flag
+    bad = {
+        ("--learning_rate=-1e-3",): "--learning_rate -0.001: must lie in [0.0, inf)",
+        ("--final_lr", "-1"): "--final_lr -1.0: must lie in [0.0, inf)",
+        ("--beta3", "1"): "--beta3 1.0: must lie in [0.0, 1.0)",
+        ("--gamma", "nan"): "--gamma nan: must lie in [0.0, 1.0)",
+        ("--optimizer", "adabalancew_8bit", "--weight_decay", "-1"): "--weight_decay -1.0: must",
+    }
+    for flags, message in bad.items():
+        with pytest.raises(SystemExit) as exit_info:
+            glue.parse_args([*base, *flags])
+        assert exit_info.value.code == 2
+        assert f"glue.py: error: {message}" in capsys.readouterr().err
+    # AdamW takes no AdaBalance option: only AdaBalance's are checked
+    assert glue.parse_args([*base, "--optimizer", "adamw", "--beta3", "2"]).beta3 == 2

@@ -93,11 +93,18 @@ def test_gpt2_from_config_with_trained_tokenizer_and_adabalance_options(text_fil
     assert resumed["eval_metrics"]["eval_loss"] == results["eval_metrics"]["eval_loss"]
 
 
-def test_gpt2_missing_files_name_the_argument(tmp_path):
+def test_gpt2_missing_files_name_the_argument(tmp_path, capsys):
     import gpt2
 
-    with pytest.raises(FileNotFoundError, match="--train_file"):
+    with pytest.raises(SystemExit) as exit_info:
         gpt2.main(["--train_file", str(tmp_path / "nope.txt"), "--validation_file", "x",
                    "--output_dir", str(tmp_path), "--report_to", "none"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert f"gpt2.py: error: --train_file {tmp_path / 'nope.txt'}: no such file" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         gpt2.main(["--output_dir", str(tmp_path), "--optim", "adabalancex"])
+    assert "gpt2.py: error: argument --optim: invalid choice: 'adabalancex'" in (
+        capsys.readouterr().err
+    )

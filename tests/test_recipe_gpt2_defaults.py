@@ -137,7 +137,7 @@ def test_name_defaults_gpt2_settings_keep_the_names_values_through_the_recipe(tm
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from name_defaults import GLUE_RECIPE, _with_name_defaults
 
-    from adabalance_hf.integrations.transformers import FINE_TUNING_DEFAULTS
+    from adabalance_hf import FINE_TUNING_DEFAULTS
 
     optim_args = _with_name_defaults("adabalancew", GLUE_RECIPE)
     _, _, training_args, applied = _parse(tmp_path, "--optim_args", optim_args)
@@ -146,3 +146,23 @@ def test_name_defaults_gpt2_settings_keep_the_names_values_through_the_recipe(tm
         adabalance_optimizer_kwargs(training_args)["final_lr"] == FINE_TUNING_DEFAULTS["final_lr"]
     )
     assert _with_name_defaults("adamw_torch", "") == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag", "fix"),
+    [
+        (("--learning_rate=-1e-3",), "--learning_rate -0.001", "must lie in [0.0, inf)"),
+        (("--adam_beta1", "1.5"), "--adam_beta1 1.5", "must lie in [0.0, 1.0)"),
+        (("--optim_args", "beta3=2"), "--optim_args 'beta3=2'", "must lie in [0.0, 1.0)"),
+        (("--optim_args", "final_lr=x"), "--optim_args 'final_lr=x'", "is not a finite float"),
+    ],
+    ids=["learning_rate", "adam_beta1", "beta3", "not_a_float"],
+)
+def test_a_bad_adabalance_option_is_an_argparse_error(tmp_path, capsys, flags, flag, fix):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(tmp_path, *flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: gpt2.py [-h] ") and len(err.splitlines()) == 2
+    last = err.splitlines()[-1]
+    assert last.startswith(f"gpt2.py: error: {flag}") and fix in last
