@@ -14,16 +14,20 @@ paper's defaults. Nothing here imports transformers.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from .optim import AdaBalance, AdaBalance8bit
+from .optim._validation import validate_hyperparameters
 from .optim_args import parse_optim_args
 
 __all__ = [
     "FINE_TUNING_DEFAULTS",
     "PAPER_OPTIM_ARGS",
+    "OptionError",
     "adabalance_cls_and_kwargs",
     "adabalance_optimizer_names",
+    "check_adabalance_kwargs",
     "is_adabalance_name",
     "optimizer_class",
     "optimizer_name_value",
@@ -55,6 +59,31 @@ _CLASSES: dict[str, type[AdaBalance]] = {
     "adabalance_8bit": AdaBalance8bit,
     "adabalancew_8bit": AdaBalance8bit,
 }
+
+
+# The optimizer's own messages: "Invalid lr: -0.001; it must lie in [0.0, inf)",
+# "Invalid lr: '1e-3' is a str, not a number; pass a float: lr=0.001 (...)".
+_INVALID = re.compile(r"Invalid (?P<key>[\w\[\]]+): (?P<detail>.*?); (?:it )?(?P<fix>.*)", re.S)
+
+
+class OptionError(ValueError):
+    """An AdaBalance option is invalid.
+
+    Attributes:
+        key (str): what is wrong: an AdaBalance keyword (``"lr"``, ``"betas[0]"``,
+            ``"final_lr"``, ``"fused"``, ...) or ``"optim_args"`` for the options string. Callers
+            map it to the flag the user set (``lr`` is transformers' ``--learning_rate``).
+        reason (str): what is wrong with it and the fix, e.g. ``"must lie in [0.0, inf)"`` (the
+            value itself is the caller's to show, with the flag that set it).
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.reason)
 
 
 def _accepted_keywords(optimizer_cls: type) -> set[str]:
@@ -126,6 +155,35 @@ def optimizer_class(name: Any) -> type[AdaBalance]:
     return _CLASSES.get(optimizer_name_value(name), AdaBalance)
 
 
+def check_adabalance_kwargs(optimizer_cls: type[AdaBalance], kwargs: dict[str, Any]) -> None:
+    """Check keyword arguments as ``optimizer_cls``'s constructor does, without building one.
+
+    Args:
+        optimizer_cls (type): :class:`~adabalance_hf.AdaBalance` or a subclass.
+        kwargs (dict): its keyword arguments (without ``params``).
+
+    Raises:
+        OptionError: naming the first invalid keyword, the reason and the fix.
+    """
+    parameters = inspect.signature(optimizer_cls).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+    try:
+        validate_hyperparameters({**defaults, **kwargs})
+    except ValueError as error:
+        match = _INVALID.match(str(error))
+        if match is None:
+            raise OptionError("optim_args", str(error)) from None
+        detail = match["detail"]  # the bare value, or what is wrong with it
+        reason = match["fix"] if " " not in detail else f"{detail}; {match['fix']}"
+        raise OptionError(match["key"], reason) from None
+    if kwargs.get("fused") and kwargs.get("foreach"):
+        raise OptionError(
+            "fused",
+            "fused=True and foreach=True cannot both be set; pick one (the *_fused names set "
+            "fused=True: drop foreach)",
+        )
+
+
 def adabalance_cls_and_kwargs(
     optim: Any,
     *,
@@ -141,7 +199,8 @@ def adabalance_cls_and_kwargs(
     The kwargs hold ``lr``, ``betas``, ``eps`` and ``weight_decay``, then
     :data:`FINE_TUNING_DEFAULTS`, then the name's variant (``adabalancew``: decoupled weight
     decay), then the typed options of ``optim_args``, then ``overrides``: each later source
-    replaces what the earlier ones set. transformers' handler for the names, the recipes and
+    replaces what the earlier ones set; the result is checked as the class's constructor checks
+    it. transformers' handler for the names, ``create_optimizer``, the recipes and
     ``AdaBalanceTrainer`` all build AdaBalance through this function.
 
     Args:
@@ -159,20 +218,25 @@ def adabalance_cls_and_kwargs(
         tuple: ``(AdaBalance or AdaBalance8bit, kwargs)``.
 
     Raises:
-        ValueError: for a name that is not AdaBalance's, a bad ``optim_args`` key or value,
-            ``optim_args`` that contradict the name (``adabalancew`` with
-            ``decoupled_weight_decay=false``), or an override the class does not take.
+        ValueError: for a name that is not AdaBalance's, or an override the class does not take.
+        OptionError: (a ``ValueError``) for a bad ``optim_args`` key or value, ``optim_args``
+            that contradict the name (``adabalancew`` with ``decoupled_weight_decay=false``),
+            or a value the class rejects; its ``key`` names what is wrong.
     """
     name = optimizer_name_value(optim)
     optimizer_cls = optimizer_class(name)
     variant = variant_kwargs(name)
-    options = parse_optim_args(optim_args, optimizer_cls)
+    try:
+        options = parse_optim_args(optim_args, optimizer_cls)
+    except ValueError as error:
+        raise OptionError("optim_args", str(error).removeprefix("optim_args: ")) from None
     for key, value in options.items():
         if key in variant and variant[key] != value:
-            raise ValueError(
-                f"optim_args sets {key}={value!r} but optim={name!r} means {key}="
-                f"{variant[key]!r}; choose the optimizer name that has the variant you want "
-                f"({', '.join(adabalance_optimizer_names())}) and drop {key} from optim_args"
+            raise OptionError(
+                "optim_args",
+                f"it sets {key}={value!r} but optim={name!r} means {key}={variant[key]!r}; choose "
+                f"the optimizer name that has the variant you want "
+                f"({', '.join(adabalance_optimizer_names())}) and drop {key} from optim_args",
             )
     valid = [key for key in inspect.signature(optimizer_cls).parameters if key != "params"]
     unknown = sorted(set(overrides) - set(valid))
@@ -191,4 +255,5 @@ def adabalance_cls_and_kwargs(
         **options,
         **overrides,
     }
+    check_adabalance_kwargs(optimizer_cls, kwargs)
     return optimizer_cls, kwargs

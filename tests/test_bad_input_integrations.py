@@ -12,7 +12,6 @@ import json
 import re
 
 import pytest
-import torch
 import yaml
 from _hf_helpers import make_args
 from transformers import HfArgumentParser, Trainer, TrainingArguments
@@ -44,9 +43,9 @@ def _cli(tmp_path, *extra: str) -> list[str]:
          ["not a key=value pair", "comma"]),
         (["--optim_args", "fused=true,foreach=true"], "--optim_args 'fused=true,foreach=true'",
          ["foreach", "fused", "pick one"]),
-        (["--adam_beta1", "1.0"], "--adam_beta1 1.0", ["Invalid betas[0]: 1.0", "[0.0, 1.0)"]),
-        (["--learning_rate", "-1"], "--learning_rate -1.0", ["Invalid lr: -1.0"]),
-        (["--adam_epsilon", "nan"], "--adam_epsilon nan", ["Invalid eps: nan"]),
+        (["--adam_beta1", "1.0"], "--adam_beta1 1.0", ["): must lie in [0.0, 1.0)"]),
+        (["--learning_rate", "-1"], "--learning_rate -1.0", ["): must lie in [0.0, inf)"]),
+        (["--adam_epsilon", "nan"], "--adam_epsilon nan", ["): must lie in [0.0, inf)"]),
         (["--optim_args", "final_lr=inf"], "--optim_args 'final_lr=inf'",
          ["final_lr='inf' is not a finite float"]),
     ],
@@ -90,8 +89,8 @@ def test_yaml_config_with_1e_3_names_the_yaml_fix(parser, tmp_path) -> None:
     with pytest.raises(OptimizerOptionError) as error:
         parser.parse_yaml_file(str(config))
     message = str(error.value)
-    assert message.startswith("--learning_rate 1e-3 (with --optim adabalancew): ")
-    assert "Invalid lr: '1e-3' is a str" in message and "write 1.0e-3" in message
+    assert message.startswith("--learning_rate 1e-3 (with --optim adabalancew): '1e-3' is a str")
+    assert "write 1.0e-3" in message
     config.write_text(config.read_text().replace("1e-3", "1.0e-3"))
     (args,) = parser.parse_yaml_file(str(config))
     assert args.learning_rate == 1e-3
@@ -136,7 +135,6 @@ def test_optim_args_changed_after_construction_fail_when_the_optimizer_is_built(
     args.optim_args = "final_lr=abc"  # not re-validated by the dataclass
     with pytest.raises(ValueError, match="final_lr='abc' is not a finite float"):
         trainer_cls.get_optimizer_cls_and_kwargs(args)
-    args.optim_args = "final_lr=-1"
-    cls, kwargs = trainer_cls.get_optimizer_cls_and_kwargs(args)
-    with pytest.raises(ValueError, match=re.escape("Invalid final_lr: -1.0")):
-        cls([torch.zeros(1, requires_grad=True)], **kwargs)
+    args.optim_args = "final_lr=-1"  # checked as the constructor checks, before building
+    with pytest.raises(ValueError, match=re.escape("final_lr: must lie in [0.0, inf)")):
+        trainer_cls.get_optimizer_cls_and_kwargs(args)

@@ -15,7 +15,7 @@ from transformers import Trainer
 
 from adabalance_hf import AdaBalance, create_optimizer
 from adabalance_hf.distributed import optimizer_state_bytes
-from adabalance_hf.param_groups import param_groups, trainer_param_groups
+from adabalance_hf.decay_groups import param_groups, trainer_param_groups
 
 
 def _ids(params) -> set[int]:

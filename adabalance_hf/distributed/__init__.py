@@ -7,7 +7,7 @@ with ``fully_shard`` first. ``check_launch`` and ``check_trainer_launch`` catch 
 silently run fewer processes than requested.
 """
 
-from ..param_groups import param_groups
+from ..decay_groups import param_groups
 from .factory import Sharding, create_optimizer
 from .launch_checks import (
     DistributedSetupError,

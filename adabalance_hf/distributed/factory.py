@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..decay_groups import param_groups
 from ..names import adabalance_cls_and_kwargs
 from ..optim import AdaBalance
-from ..param_groups import param_groups
 from .launch_checks import check_launch
 
 if TYPE_CHECKING:

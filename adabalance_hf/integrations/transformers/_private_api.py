@@ -34,7 +34,7 @@ private ``Trainer`` methods in :data:`PRIVATE_TRAINER_METHODS`:
 * ``transformers.trainer.TRAINER_STATE_NAME``: the file ``_save_checkpoint`` writes last.
 
 And ``Trainer.get_decay_parameter_names(self, model)``, called unbound with ``self=None``
-(``adabalance_hf.param_groups``: it reads nothing from the instance).
+(``adabalance_hf.decay_groups``: it reads nothing from the instance).
 """
 
 from __future__ import annotations

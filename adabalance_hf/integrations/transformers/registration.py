@@ -15,15 +15,18 @@ the names are unavailable and one warning says what still works.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import warnings
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-from ...names import adabalance_cls_and_kwargs, adabalance_optimizer_names, is_adabalance_name
+from ...names import (
+    OptionError,
+    adabalance_cls_and_kwargs,
+    adabalance_optimizer_names,
+    is_adabalance_name,
+)
 from ...optim import AdaBalance
-from ...optim._validation import validate_hyperparameters
 from ...run import install_short_errors
 from ._private_api import (
     PrivateAPIError,
@@ -145,15 +148,6 @@ def adabalance_optimizer_kwargs(args: Any, **overrides: Any) -> dict[str, Any]:
     )[1]
 
 
-def _flag_and_value(error: ValueError, args: Any) -> tuple[str, str, str]:
-    """The flag that set the bad value, the value as given, and the error's own text."""
-    text = str(error)
-    for key, field in _FIELDS.items():
-        if text.startswith(f"Invalid {key}:"):
-            return f"--{field}", str(getattr(args, field)), text
-    return "--optim_args", repr(args.optim_args), text.removeprefix("optim_args: ")
-
-
 def check_optimizer_options(args: Any) -> None:
     """Raise :class:`OptimizerOptionError` if an AdaBalance name's options are invalid.
 
@@ -164,21 +158,17 @@ def check_optimizer_options(args: Any) -> None:
     """
     name = getattr(args.optim, "value", args.optim)
     try:
-        cls, kwargs = adabalance_cls_and_kwargs(
-            name, **_training_kwargs(args), optim_args=args.optim_args
-        )
-        signature = inspect.signature(cls).parameters.values()
-        defaults = {p.name: p.default for p in signature if p.default is not p.empty}
-        validate_hyperparameters({**defaults, **kwargs})
-        if kwargs.get("fused") and kwargs.get("foreach"):  # the constructor's RuntimeError
-            raise ValueError(
-                "foreach=True and fused=True cannot both be set; pick one (the *_fused names "
-                "set fused=True: drop foreach from optim_args)"
-            )
-    except ValueError as error:
-        flag, value, text = _flag_and_value(error, args)
+        adabalance_cls_and_kwargs(name, **_training_kwargs(args), optim_args=args.optim_args)
+    except OptionError as error:
+        field = _FIELDS.get(error.key)
+        if field is not None:
+            where, reason = f"--{field} {getattr(args, field)}", error.reason
+        else:  # an optim_args key: name it, unless the reason starts with it
+            where = f"--optim_args {args.optim_args!r}"
+            keyed = error.key == "optim_args" or error.reason.startswith(error.key)
+            reason = error.reason if keyed else f"{error.key} {error.reason}"
         install_short_errors()  # uncaught, it prints as one line, as argparse's errors do
-        raise OptimizerOptionError(f"{flag} {value} (with --optim {name}): {text}") from None
+        raise OptimizerOptionError(f"{where} (with --optim {name}): {reason}") from None
 
 
 def _check_after(method: Any) -> Any:
