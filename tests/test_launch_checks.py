@@ -252,9 +252,17 @@ def test_glue_recipe_stops_under_the_simple_launcher(tmp_path, tiny_glue_model) 
         "--output_dir", str(out), "--num_train_epochs", "1", "--max_seq_length", "16",
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    # the recipe stops as for any bad argument: one "glue.py: error: ..." line on stderr (which
+    # the launcher passes on) and exit code 2, which the launcher reports before exiting non-zero
     assert done.returncode != 0, done.stdout[-2000:]
-    assert "error: adabalance_hf: `accelerate launch` started this process" in done.stdout, (
-        done.stderr[-3000:]
-    )
-    assert "runs ONE process" in done.stdout and "multi_cpu.yaml" in done.stdout
-    assert not (out / "results.json").exists()
+    assert "returned non-zero exit status 2" in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("glue.py: error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    error = errors[0]
+    assert error.startswith("glue.py: error: adabalance_hf: `accelerate launch` started this")
+    assert "simple launcher runs ONE process" in error  # what went wrong
+    assert "`accelerate launch --config_file recipes/configs/multi_cpu.yaml`" in error  # the fix
+    assert 'glue.py", line' not in done.stderr  # no traceback of the recipe's own
+    assert "glue.py: error:" not in done.stdout
+    # stopped before any data, model or checkpoint: nothing trained, nothing written
+    assert "training examples" not in done.stdout and not out.exists()

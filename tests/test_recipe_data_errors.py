@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
-from glue import TASKS, load_glue_data, read_examples  # noqa: E402
+from glue_data import TASKS, load_glue_data, read_examples  # noqa: E402
 
 SST2_HEADER = "sentence\tlabel\n"
 STSB_HEADER = "index\tgenre\tsentence1\tsentence2\tscore\n"

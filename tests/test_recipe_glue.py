@@ -1,4 +1,5 @@
-"""recipes/glue.py end to end on a tiny BERT built from a config, and its data/metric helpers.
+"""recipes/glue.py end to end on a tiny BERT built from a config, and its data/metric helpers
+(recipes/glue_data.py).
 
 Checkpoints, interruption, resuming, non-finite steps and a missing matplotlib:
 tests/test_recipe_glue_resume.py. Data errors: tests/test_recipe_data_errors.py.
@@ -21,7 +22,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
 from _glue_fixtures import reset_accelerate  # noqa: E402
-from glue import TASKS, glue_metrics, load_glue_data, read_examples  # noqa: E402
+from glue_data import TASKS, glue_metrics, load_glue_data, read_examples  # noqa: E402
 
 from adabalance_hf.checkpoint import verify_checkpoint  # noqa: E402
 
