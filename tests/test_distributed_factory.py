@@ -14,8 +14,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 from transformers import Trainer
 
 from adabalance_hf import AdaBalance, create_optimizer
-from adabalance_hf.distributed import optimizer_state_bytes
 from adabalance_hf.decay_groups import param_groups, trainer_param_groups
+from adabalance_hf.distributed import optimizer_state_bytes
 
 
 def _ids(params) -> set[int]:
