@@ -15,7 +15,6 @@ the names are unavailable and one warning says what still works.
 from __future__ import annotations
 
 import functools
-import logging
 import warnings
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -42,8 +41,6 @@ __all__ = [
     "optimizer_cls_and_kwargs",
     "register_optimizer_names",
 ]
-
-logger = logging.getLogger(__name__)
 
 # AdaBalance keyword -> the TrainingArguments field (the command-line flag) that sets it.
 _FIELDS = {
