@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _dist_helpers import free_port
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -168,11 +169,11 @@ def test_every_rank_of_a_two_process_launch_gets_the_names(tmp_path, order):
     script = [str(SCRIPT), "--output_dir", "out", "--optim", "adabalancew", *TRAIN]
     if order == "launcher_outside":  # torchrun, as `python -m` so that it is this env's
         command = [*LAUNCHER, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-        command += ["--master-port", "29631", *script]
+        command += ["--master-port", str(free_port()), *script]
     else:
         config = REPO / "recipes" / "configs" / "multi_cpu.yaml"
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-        command += ["--main_process_port", "29632", "-m", "adabalance_hf.run", *script]
+        command += ["--main_process_port", str(free_port()), "-m", "adabalance_hf.run", *script]
     done = _run(command, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     reports = [_report(tmp_path / "out", rank) for rank in (0, 1)]
