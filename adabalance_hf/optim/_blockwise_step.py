@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import types
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from ._blockwise import (
     rounding_noise,
     step_seed,
 )
+from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC
 from ._precision import stochastic_round_to_bf16
@@ -145,25 +145,14 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
     return torch.compile(kernel, fullgraph=True, dynamic=True, options=options)
 
 
-_VARIANTS_RUN: set[BlockwiseVariant] = set()
-
-
 def _run_compiled(variant: BlockwiseVariant, args: tuple) -> None:
-    if variant in _VARIANTS_RUN:
-        _compiled_kernel(variant)(*args)
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's, on first compile
-            _compiled_kernel(variant)(*args)
-        _VARIANTS_RUN.add(variant)
-    except Exception as error:
-        raise RuntimeError(
-            f"AdaBalance8bit(fused=True) could not compile or run its torch.compile kernel for "
-            f"{variant.param_dtype} parameters on {variant.device_type} (it needs a C++ compiler "
-            f"on CPU, Triton on CUDA). Pass fused=False to run the same arithmetic eagerly. "
-            f"torch.compile said: {type(error).__name__}: {error}"
-        ) from error
+    failure = (
+        f"AdaBalance8bit(fused=True) could not compile or run its torch.compile kernel for "
+        f"{variant.param_dtype} parameters on {variant.device_type} (it needs a C++ compiler "
+        f"on CPU, Triton on CUDA). Pass fused=False to run the same arithmetic eagerly."
+    )
+    what = f"AdaBalance8bit's step for {variant.param_dtype} on {variant.device_type}"
+    run_compiled(variant, lambda: _compiled_kernel(variant), args, what=what, failure=failure)
 
 
 def _blocks(tensor: Tensor, block_size: int) -> Tensor:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 import types
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ._compile import run_compiled
 from ._dtensor import local_tensor
 from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
@@ -174,9 +174,6 @@ def fused_kernel_supports(tensors: list[Tensor]) -> bool:
     return all(t.is_contiguous() and t.numel() >= 2 for t in tensors)
 
 
-_VARIANTS_RUN: set[KernelVariant] = set()
-
-
 def _run_kernel(
     variant: KernelVariant,
     tensors: KernelTensors,
@@ -187,24 +184,14 @@ def _run_kernel(
     # Positional (a keyword call costs ~5 us more in torch.compile's wrapper): the fields of
     # KernelTensors are the kernel's first parameters, in order, as checked at import.
     args = (*tensors, hyper, inv_grad_scale, found_inf, variant.write_mode)
-    if variant in _VARIANTS_RUN:
-        _compiled_kernel(variant)(*args)
-        return
-    try:
-        with warnings.catch_warnings():
-            # The first compile imports torch modules that raise DeprecationWarnings about
-            # torch.jit; they concern torch itself, not the caller.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _compiled_kernel(variant)(*args)
-        _VARIANTS_RUN.add(variant)
-    except Exception as error:
-        raise RuntimeError(
-            f"AdaBalance(fused=True) could not compile or run its torch.compile kernel for "
-            f"{variant.param_dtype} parameters with {variant.grad_dtype} gradients on "
-            f"{variant.device_type} (it needs a C++ compiler on CPU, Triton on CUDA; the error "
-            f"below says whether that is the cause). Use foreach=True, or fused=False. "
-            f"torch.compile said: {type(error).__name__}: {error}"
-        ) from error
+    failure = (
+        f"AdaBalance(fused=True) could not compile or run its torch.compile kernel for "
+        f"{variant.param_dtype} parameters with {variant.grad_dtype} gradients on "
+        f"{variant.device_type} (it needs a C++ compiler on CPU, Triton on CUDA; the error "
+        f"below says whether that is the cause). Use foreach=True, or fused=False."
+    )
+    what = f"AdaBalance(fused=True)'s step for {variant.param_dtype} on {variant.device_type}"
+    run_compiled(variant, lambda: _compiled_kernel(variant), args, what=what, failure=failure)
 
 
 def _fused_adabalance(

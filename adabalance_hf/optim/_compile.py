@@ -1,0 +1,83 @@
+"""A kernel's first ``torch.compile`` call: said before it starts, timed, its failure explained.
+
+The first step of ``AdaBalance(fused=True)`` and of ``AdaBalance8bit`` compiles a kernel, which
+takes seconds (measured on 2 CPU cores: 17 s for the 8-bit kernel with an empty cache, 4 s in a
+later process, which finds the compiled code in inductor's on-disk cache). Without a word the
+program looks hung, so the first compile of a process is announced on the ``adabalance_hf``
+logger at WARNING level, with how long it took; later variants (another dtype) at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Hashable
+
+__all__ = ["run_compiled"]
+
+logger = logging.getLogger("adabalance_hf")
+
+_compiled: set[Hashable] = set()
+
+
+def _cache_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:  # pragma: no cover - another torch layout
+        return "torch.compile's cache"
+    return cache_dir()
+
+
+def run_compiled(
+    variant: Hashable,
+    kernel: Callable[[], Callable[..., None]],
+    args: tuple,
+    *,
+    what: str,
+    failure: str,
+) -> None:
+    """Run ``kernel()(*args)``; on a variant's first call, say so, time it and explain failures.
+
+    Args:
+        variant (hashable): the kernel's variant (dtypes, device, flags): compiled once each.
+        kernel (callable): returns the compiled kernel (``torch.compile`` is lazy: the first
+            call compiles).
+        args (tuple): the kernel's positional arguments.
+        what (str): the kernel, for the log, e.g. ``"AdaBalance8bit's step for torch.float32
+            parameters on cpu"``.
+        failure (str): the start of the error raised if compiling or running fails: what failed
+            and the fix; ``torch.compile``'s own error follows it.
+
+    Raises:
+        RuntimeError: ``failure`` and what ``torch.compile`` said.
+    """
+    if variant in _compiled:
+        kernel()(*args)
+        return
+    first = not _compiled
+    level = logging.WARNING if first else logging.INFO
+    logger.log(
+        level,
+        "adabalance_hf: compiling %s with torch.compile; the first step waits for it (seconds, "
+        "once per process)",
+        what,
+    )
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # The first compile imports torch modules that raise DeprecationWarnings about
+            # torch.jit; they concern torch itself, not the caller.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            kernel()(*args)
+    except Exception as error:
+        raise RuntimeError(
+            f"{failure} torch.compile said: {type(error).__name__}: {error}"
+        ) from error
+    _compiled.add(variant)
+    logger.log(
+        level,
+        "adabalance_hf: compiled in %.1f s; later processes start warm from the cache in %s",
+        time.perf_counter() - started,
+        _cache_dir(),
+    )
