@@ -96,6 +96,7 @@ def test_tsv_quirks_bom_no_header_unquoted_quotes(tmp_path):
     assert labels == [1, 0]  # the Hub's encoding: entailment 0, not_entailment 1
 
 
+@pytest.mark.shared_data
 def test_real_glue_files_parse_when_present():
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
     if not root.is_dir():
