@@ -57,6 +57,15 @@ def create_optimizer(
     client optimizer (``deepspeed.initialize(model=model, optimizer=optimizer, ...)`` with
     ``"zero_allow_untested_optimizer": true``), and, with ``sharding``, for ZeRO-1 and FSDP2.
 
+    The optimizer does not clip gradients. With the fine-tuning settings (``beta3`` 0.9-0.99,
+    ``gamma=1e-4``, as under ``optim``) clip them in your loop, e.g.
+    ``torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)`` (``accelerator.clip_grad_norm_``),
+    as the Trainer does by default: the smoothed step size of elements whose first gradients were
+    tiny stays near the upper bound (about ``final_lr / (gamma * step)``, thousands of times
+    Adam's), and without clipping a tiny GPT-2 at lr 3e-3 diverged within 5-30 steps on 2 to 3 of
+    8 seeds (every seed trained with clipping; ``benchmarks/results/stability_envelope.md``). With
+    ``beta3=0.9`` at lr 3e-3 even clipped runs diverged there; ``gamma=1e-3`` trained.
+
     Args:
         model (nn.Module): the model to optimize. For FSDP2, the model after ``fully_shard``.
         lr (float or Tensor, optional): learning rate (also the groups' ``base_lr``).

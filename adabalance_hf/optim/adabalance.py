@@ -128,6 +128,14 @@ class AdaBalance(Optimizer):
         >>> optimizer.zero_grad()
         >>> loss_fn(model(input), target).backward()
         >>> optimizer.step()
+
+    It does not clip gradients: with the fine-tuning settings (``beta3`` 0.9-0.99, ``gamma=1e-4``)
+    clip them before ``step()``, as the Trainer does by default (a tiny GPT-2 at lr 3e-3 diverged
+    without clipping on 2-3 of 8 seeds; see ``benchmarks/results/stability_envelope.md``):
+
+        >>> # xdoctest: +SKIP
+        >>> torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        >>> optimizer.step()
     """
 
     # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
