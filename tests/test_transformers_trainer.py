@@ -6,6 +6,8 @@ An optimizer object, ``optimizer_cls_and_kwargs``, and the optimizer names (regi
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _hf_helpers import (
@@ -266,3 +268,30 @@ def test_builtin_name_through_adabalance_trainer(tmp_path):
     trainer.train()
     assert type(inner_optimizer(trainer)) is torch.optim.AdamW
     assert not any(key.startswith("adabalance/") for e in trainer.state.log_history for key in e)
+
+
+@pytest.mark.parametrize(
+    ("optim", "max_grad_norm", "optim_args", "warned"),
+    [
+        ("adabalance", 0.0, None, True),  # the fine-tuning settings, unclipped
+        ("adabalance", 1.0, None, False),  # the Trainer's default clipping
+        ("adabalance", 0.0, "gamma=1e-3", False),  # the paper's gamma: measured safe
+        ("adamw_torch", 0.0, None, False),  # not AdaBalance's to judge
+    ],
+)
+def test_unclipped_fine_tuning_settings_are_warned_about(
+    tmp_path, optim, max_grad_norm, optim_args, warned
+):
+    args = make_args(
+        tmp_path, optim=optim, optim_args=optim_args, max_grad_norm=max_grad_norm, max_steps=1
+    )
+    data = classification_data()
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=data, callbacks=[TrainerChecks()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    said = [str(w.message) for w in caught if "does not clip gradients" in str(w.message)]
+    assert len(said) == int(warned), said
+    if warned:
+        assert said[0].startswith("max_grad_norm=0.0:") and "max_grad_norm=1.0" in said[0]
+        assert "gamma=0.0001, beta3=0.9" in said[0] and "stability_envelope.md" in said[0]

@@ -1,4 +1,4 @@
-"""Two checks at train start that a stock ``Trainer`` lacks, in one callback, ``TrainerChecks``.
+"""Checks at train start that a stock ``Trainer`` lacks, in one callback, ``TrainerChecks``.
 
 * The launch: a launcher that announced ``N`` processes but built another world (``accelerate
   launch --config_file recipes/configs/multi_cpu.yaml`` without ``--use_cpu true``: every rank
@@ -8,6 +8,9 @@
   (``get_peft_model``, or TRL's ``peft_config=``) wrapped it holds the base weights, which the
   adapter froze, and none of the adapter's new tensors: every step then updates nothing, and
   nothing says so. That is true of any optimizer object.
+* Clipping: AdaBalance with the fine-tuning settings (``gamma < 1e-3`` and ``beta3 < 0.999``)
+  under ``max_grad_norm=0`` (no clipping) gets a warning: without clipping such runs diverged
+  on a tiny GPT-2 (``benchmarks/results/stability_envelope.md``).
 
 ``AdaBalanceTrainer`` installs the callback; with any other Trainer pass
 ``callbacks=[TrainerChecks()]``.
@@ -23,8 +26,9 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ...distributed.launch_checks import check_trainer_launch
+from ...optim import AdaBalance
 
-__all__ = ["TrainerChecks", "check_optimizer_holds_trainable_parameters"]
+__all__ = ["TrainerChecks", "check_clipping", "check_optimizer_holds_trainable_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +104,55 @@ def check_optimizer_holds_trainable_parameters(
         )
 
 
+def check_clipping(args: TrainingArguments, optimizer: Any) -> None:
+    """Warn if AdaBalance runs with the fine-tuning settings and the Trainer does not clip.
+
+    Args:
+        args (TrainingArguments): the training arguments (``max_grad_norm`` is read).
+        optimizer: the optimizer, or a wrapper holding it in ``.optimizer`` (accelerate's).
+
+    Warns:
+        UserWarning: naming ``max_grad_norm``, the settings, the measured risk and the fix.
+    """
+    if getattr(args, "max_grad_norm", None):  # clipping on
+        return
+    for _ in range(8):  # accelerate's and DeepSpeed's wrappers keep it in `.optimizer`
+        if isinstance(optimizer, AdaBalance) or optimizer is None:
+            break
+        optimizer = getattr(optimizer, "optimizer", None)
+    if not isinstance(optimizer, AdaBalance):
+        return
+    risky = [g for g in optimizer.param_groups if g["gamma"] < 1e-3 and g["beta3"] < 0.999]
+    if risky:
+        group = risky[0]
+        warnings.warn(
+            f"max_grad_norm={args.max_grad_norm}: the Trainer does not clip gradients, and "
+            f"AdaBalance runs with gamma={group['gamma']}, beta3={group['beta3']} (the "
+            f"fine-tuning settings). Without clipping, such runs diverged within 5-30 steps on "
+            f"a tiny GPT-2 at lr 3e-3 (benchmarks/results/stability_envelope.md). Keep "
+            f"max_grad_norm=1.0 (the Trainer's default), or set gamma=1e-3 in optim_args.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 class TrainerChecks(TrainerCallback):
-    """At train start, check the launch and the optimizer's parameters (see the module).
+    """At train start, check the launch, the optimizer's parameters and clipping (see the module).
 
     Args:
         launch (bool, optional): run :func:`~adabalance_hf.distributed.check_trainer_launch`.
             Default: ``True``
         parameters (bool, optional): run :func:`check_optimizer_holds_trainable_parameters`.
             Default: ``True``
+        clipping (bool, optional): run :func:`check_clipping`. Default: ``True``
     """
 
-    def __init__(self, *, launch: bool = True, parameters: bool = True) -> None:
+    def __init__(
+        self, *, launch: bool = True, parameters: bool = True, clipping: bool = True
+    ) -> None:
         self.launch = launch
         self.parameters = parameters
+        self.clipping = clipping
 
     def on_train_begin(
         self,
@@ -136,6 +176,9 @@ class TrainerChecks(TrainerCallback):
         Raises:
             DistributedSetupError: for a launch whose processes each train alone.
             ValueError: if the optimizer holds none of the model's trainable parameters.
+
+        Warns:
+            UserWarning: if it misses some, or AdaBalance's fine-tuning settings run unclipped.
         """
         if vars(state).get(_DONE) is not None:
             return  # another TrainerChecks (the diagnostics callback is one) ran them
@@ -144,3 +187,5 @@ class TrainerChecks(TrainerCallback):
             check_trainer_launch(args)
         if self.parameters:
             check_optimizer_holds_trainable_parameters(model, optimizer, args)
+        if self.clipping:
+            check_clipping(args, optimizer)
