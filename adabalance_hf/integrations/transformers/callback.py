@@ -32,24 +32,13 @@ from transformers.trainer_callback import DefaultFlowCallback
 
 from ...optim import AdaBalance, decoded_state
 from ...optim._step_scalars import step_scalars
-from .checks import TrainerChecks
+from .checks import TrainerChecks, find_adabalance
 
 __all__ = ["AdaBalanceDiagnosticsCallback", "adabalance_diagnostics", "add_diagnostics_callback"]
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "adabalance/"
-
-
-def _find_adabalance(optimizer: Any) -> AdaBalance | None:
-    # accelerate, DeepSpeed and others wrap the optimizer and keep it in `.optimizer`.
-    seen = 0
-    while optimizer is not None and seen < 8:
-        if isinstance(optimizer, AdaBalance):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-        seen += 1
-    return None
 
 
 def _nonfinite_steps_skipped(optimizer: AdaBalance) -> int | None:
@@ -83,7 +72,7 @@ def adabalance_diagnostics(
         ``frac_at_upper`` (without the ``adabalance/`` prefix); empty before the first step.
         When both bounds are equal (``lr == 0``) an element counts as at the lower bound.
     """
-    found = _find_adabalance(optimizer)
+    found = find_adabalance(optimizer)
     if found is None:
         raise TypeError(f"adabalance_diagnostics needs an AdaBalance optimizer, got {optimizer!r}")
     groups = found.param_groups
@@ -169,7 +158,7 @@ class AdaBalanceDiagnosticsCallback(TrainerChecks):
             optimizer (torch.optim.Optimizer, optional): the Trainer's (wrapped) optimizer.
             **kwargs: the other objects the Trainer passes to callbacks.
         """
-        found = _find_adabalance(optimizer)
+        found = find_adabalance(optimizer)
         if found is not None:
             self._step_lrs = [
                 group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"]
@@ -199,7 +188,7 @@ class AdaBalanceDiagnosticsCallback(TrainerChecks):
         # summary carry "eval_loss" / "train_loss".
         if logs is None or "loss" not in logs:
             return
-        found = _find_adabalance(optimizer)
+        found = find_adabalance(optimizer)
         if found is None:
             if not self._told_not_adabalance:
                 logger.info(

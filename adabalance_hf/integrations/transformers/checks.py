@@ -104,6 +104,18 @@ def check_optimizer_holds_trainable_parameters(
         )
 
 
+def find_adabalance(optimizer: Any) -> AdaBalance | None:
+    """Return the AdaBalance inside ``optimizer``, or ``None``.
+
+    accelerate, DeepSpeed and others wrap the optimizer and keep it in ``.optimizer``.
+    """
+    for _ in range(8):
+        if optimizer is None or isinstance(optimizer, AdaBalance):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
 def check_clipping(args: TrainingArguments, optimizer: Any) -> None:
     """Warn if AdaBalance runs with the fine-tuning settings and the Trainer does not clip.
 
@@ -116,11 +128,8 @@ def check_clipping(args: TrainingArguments, optimizer: Any) -> None:
     """
     if getattr(args, "max_grad_norm", None):  # clipping on
         return
-    for _ in range(8):  # accelerate's and DeepSpeed's wrappers keep it in `.optimizer`
-        if isinstance(optimizer, AdaBalance) or optimizer is None:
-            break
-        optimizer = getattr(optimizer, "optimizer", None)
-    if not isinstance(optimizer, AdaBalance):
+    optimizer = find_adabalance(optimizer)
+    if optimizer is None:
         return
     risky = [g for g in optimizer.param_groups if g["gamma"] < 1e-3 and g["beta3"] < 0.999]
     if risky:
