@@ -49,6 +49,8 @@ def main() -> None:
     path = os.path.join(args.output_dir, f"report-{args.process_index}.json")
     with open(path, "w") as file:
         json.dump(report, file)
+    if torch.distributed.is_initialized():  # gloo's threads, else an abort at exit at times
+        torch.distributed.destroy_process_group()
     if script.wait_for_signal:
         print("READY", flush=True)
         time.sleep(120)

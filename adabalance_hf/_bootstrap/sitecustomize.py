@@ -13,19 +13,17 @@ import sys
 
 
 def _run_hidden_sitecustomize() -> None:
+    """Run the ``sitecustomize`` later on ``sys.path`` that this one hides, if there is one."""
+    import importlib.machinery
+    import importlib.util
+
     here = os.path.dirname(os.path.abspath(__file__))
-    this = sys.modules.pop("sitecustomize", None)
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
-    try:
-        import sitecustomize  # noqa: F401  (the environment's own, if any)
-    except ImportError as error:
-        if error.name != "sitecustomize":
-            raise
-    finally:
-        sys.path[:] = saved
-        if this is not None:
-            sys.modules["sitecustomize"] = this
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is None or spec.loader is None:
+        return  # the usual case: nothing hidden, nothing imported
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
 
 try:
