@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it, imported on first use.
 _LAZY = {
     "AdaBalance": ".optim",
+    "AdaBalance4bit": ".optim",
     "AdaBalance8bit": ".optim",
     "adabalance": ".optim",
     "FINE_TUNING_DEFAULTS": ".names",

@@ -17,7 +17,8 @@ import inspect
 import re
 from typing import Any
 
-from .optim import AdaBalance, AdaBalance8bit
+from .optim import AdaBalance, AdaBalance4bit, AdaBalance8bit
+from .optim._low_bit import LowBitAdaBalance, check_block_size
 from .optim._validation import validate_hyperparameters
 from .optim_args import parse_optim_args
 
@@ -53,11 +54,15 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "adabalancew_fused": {"decoupled_weight_decay": True, "fused": True},
     "adabalance_8bit": {},
     "adabalancew_8bit": {"decoupled_weight_decay": True},
+    "adabalance_4bit": {},
+    "adabalancew_4bit": {"decoupled_weight_decay": True},
 }
 # Names whose optimizer is not AdaBalance itself.
 _CLASSES: dict[str, type[AdaBalance]] = {
     "adabalance_8bit": AdaBalance8bit,
     "adabalancew_8bit": AdaBalance8bit,
+    "adabalance_4bit": AdaBalance4bit,
+    "adabalancew_4bit": AdaBalance4bit,
 }
 
 
@@ -145,7 +150,8 @@ def optimizer_class(name: Any) -> type[AdaBalance]:
         name (str or enum member): an AdaBalance optimizer name, e.g. ``"adabalance_8bit"``.
 
     Returns:
-        type: :class:`~adabalance_hf.AdaBalance8bit` for the ``*_8bit`` names, else
+        type: :class:`~adabalance_hf.AdaBalance8bit` for the ``*_8bit`` names,
+        :class:`~adabalance_hf.AdaBalance4bit` for the ``*_4bit`` names, else
         :class:`~adabalance_hf.AdaBalance`.
 
     Raises:
@@ -176,6 +182,12 @@ def check_adabalance_kwargs(optimizer_cls: type[AdaBalance], kwargs: dict[str, A
         detail = match["detail"]  # the bare value, or what is wrong with it
         reason = match["fix"] if " " not in detail else f"{detail}; {match['fix']}"
         raise OptionError(match["key"], reason) from None
+    if "block_size" in kwargs and issubclass(optimizer_cls, LowBitAdaBalance):
+        try:
+            check_block_size(kwargs["block_size"], optimizer_cls.__name__, optimizer_cls._packs())
+        except ValueError as error:
+            reason = str(error).split("Invalid block_size: ", 1)[1]
+            raise OptionError("block_size", reason) from None
     if kwargs.get("fused") and kwargs.get("foreach"):
         raise OptionError(
             "fused",
@@ -215,7 +227,7 @@ def adabalance_cls_and_kwargs(
         **overrides: keyword arguments of the class that replace everything above.
 
     Returns:
-        tuple: ``(AdaBalance or AdaBalance8bit, kwargs)``.
+        tuple: ``(AdaBalance, AdaBalance8bit or AdaBalance4bit; kwargs)``.
 
     Raises:
         ValueError: for a name that is not AdaBalance's, or an override the class does not take.

@@ -156,7 +156,8 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
             )
         if key not in valid_keys:
             only_8bit = key in _CONVERTERS and key in optim_args_keys(AdaBalance8bit)
-            hint = " (it belongs to the *_8bit names, e.g. optim=adabalance_8bit)" * only_8bit
+            hint = " (it belongs to the *_8bit and *_4bit names, e.g. optim=adabalance_4bit)"
+            hint *= only_8bit
             raise ValueError(
                 f"optim_args: unknown key {key!r} for {optimizer_cls.__name__}{hint}; valid "
                 f"keys: {', '.join(valid_keys)}"

@@ -1,21 +1,26 @@
-"""Which AdaBalance states tolerate 8 bits: GPT-2 on WikiText-2 with each state quantized alone.
+"""Which AdaBalance states tolerate 8 or 4 bits: GPT-2 on WikiText-2 with each state's code alone.
 
 Trains the GPT-2 recipe's small model (2 layers, 128 wide, 128 tokens, batch 16, 300 steps,
 ``adabalancew`` with ``beta3=0.99, gamma=1e-4``, lr 1e-3 with 30 warmup steps and linear decay)
 on ``test.txt`` and reports the perplexity on ``valid.txt``, once per variant:
 
 * ``fp32``: :class:`~adabalance_hf.AdaBalance`;
-* ``8bit``: :class:`~adabalance_hf.AdaBalance8bit` (its compiled kernel);
-* ``fake:<states>``: fp32 AdaBalance whose listed states are rounded through AdaBalance8bit's
-  codes after every step (``m``, ``v``, ``s`` for ``exp_avg``, ``exp_avg_sq``, ``exp_avg_lr``),
-  the same rounding as AdaBalance8bit (nearest for ``m``, stochastic for ``v`` and ``s``), so
-  each state's cost is measured alone; ``fake-nearest:<states>`` rounds all to nearest.
+* ``8bit`` / ``4bit``: :class:`~adabalance_hf.AdaBalance8bit` / ``AdaBalance4bit`` (compiled);
+* ``fake:<states>``: fp32 AdaBalance whose listed states are rounded through a code after every
+  step, so each state's cost is measured alone. A state is ``m``, ``v`` or ``s`` (``exp_avg``,
+  ``exp_avg_sq``, ``exp_avg_lr``), alone (the 8-bit optimizer's code) or as ``state=code``:
+  ``8`` or ``4`` (the 8-/4-bit optimizer's code of that state), ``eXmY`` (a 4-bit float with
+  ``X`` exponent and ``Y`` mantissa bits, a sign bit for ``m``), ``eXmYnz`` (the same without
+  a zero code) or ``lin`` (16 equal steps, no zero). A code rounds as its optimizer rounds that
+  state; a suffix ``!n`` rounds to nearest, ``!s`` stochastically. ``fake-nearest:<states>``
+  rounds every listed state to nearest. Examples: ``fake:m,v`` (8-bit), ``fake:v=4``,
+  ``fake:s=e4m0!s``.
 
 Words are the tokens (WikiText-2 is tokenized): the 8,191 most frequent words of the training
 text and one unknown token, so the run needs no tokenizer training and no download::
 
     python benchmarks/lowbit_ablation.py --wikitext_dir ../shared/data/wikitext-2 \\
-        --variants fp32 8bit fake:m fake:v fake:s fake:m,v fake:m,v,s fake-nearest:m,v,s
+        --variants fp32 4bit fake:m=4 fake:v=4 fake:s=4 fake:m=4,v=4,s=4
 
 Results go to ``benchmarks/results/lowbit_ablation.{json,md}``; runs already recorded there are
 skipped, so the benchmark can be stopped and continued.
@@ -25,26 +30,25 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import torch
 
-from adabalance_hf import AdaBalance, AdaBalance8bit
-from adabalance_hf.optim._blockwise import (
-    NEAREST,
-    block_scale,
-    decode_signed,
-    decode_unsigned,
-    encode_signed,
-    encode_unsigned,
+from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
+from adabalance_hf.optim._blockwise_state import CODECS, tensor_block_size
+from adabalance_hf.optim._codecs import (
+    Codec,
+    FloatCode,
+    LinearCode,
     noise_fields,
     rounding_noise,
     step_seed,
 )
-from adabalance_hf.optim._blockwise_state import tensor_block_size
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_KEYS = {"m": "exp_avg", "v": "exp_avg_sq", "s": "exp_avg_lr"}
@@ -63,8 +67,41 @@ def token_blocks(tokens: list[str], vocab: dict[str, int], length: int) -> torch
     return ids[: count * length].view(count, length)
 
 
-def round_states(optimizer: AdaBalance, states: list[str], nearest: bool) -> None:
-    """Round the listed states of every blockable tensor through AdaBalance8bit's codes."""
+def parse_codec(state: str, spec: str, nearest: bool) -> Codec:
+    """The codec a ``fake:`` variant names for ``state`` (see the module docstring)."""
+    key = STATE_KEYS[state]
+    spec, _, rounding = spec.partition("!")
+    if spec in ("", "8", "4"):
+        codec = CODECS[int(spec or 8)][key]
+    elif spec == "lin":
+        codec = LinearCode(4, signed=False, stochastic=key != "exp_avg")
+    elif match := re.fullmatch(r"e(\d)m(\d)(nz)?", spec):
+        exponent, mantissa = int(match[1]), int(match[2])
+        signed = key == "exp_avg"
+        if signed + exponent + mantissa != 4:
+            raise SystemExit(f"{spec}: a 4-bit code of {state} needs {4 - signed} exponent and "
+                             f"mantissa bits")  # fmt: skip
+        codec = FloatCode(4, signed=signed, stochastic=key != "exp_avg", mantissa_bits=mantissa,
+                          zero=match[3] is None)  # fmt: skip
+    else:
+        raise SystemExit(f"unknown code {spec!r} for state {state}")
+    if nearest or rounding == "n":
+        return dataclasses.replace(codec, stochastic=False)
+    return dataclasses.replace(codec, stochastic=True) if rounding == "s" else codec
+
+
+def fake_codecs(variant: str) -> dict[str, Codec]:
+    """State key -> codec of a ``fake:``/``fake-nearest:`` variant."""
+    kind, _, listed = variant.partition(":")
+    codecs = {}
+    for item in listed.split(","):
+        state, _, spec = item.partition("=")
+        codecs[STATE_KEYS[state]] = parse_codec(state, spec, kind == "fake-nearest")
+    return codecs
+
+
+def round_states(optimizer: AdaBalance, codecs: dict[str, Codec]) -> None:
+    """Round the given states of every blockable tensor through their codecs."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param)
@@ -72,16 +109,13 @@ def round_states(optimizer: AdaBalance, states: list[str], nearest: bool) -> Non
             if not state or block is None:
                 continue
             index = torch.arange(param.numel()).view(-1, block)
-            noise_v, noise_s = noise_fields(rounding_noise(index, step_seed(int(state["step"]))))
-            for name in states:
-                values = state[STATE_KEYS[name]].view(-1, block)
-                scale = block_scale(values)
-                if name == "m":
-                    rounded = decode_signed(encode_signed(values, scale), scale)
-                else:
-                    noise = NEAREST if nearest else (noise_v if name == "v" else noise_s)
-                    rounded = decode_unsigned(encode_unsigned(values, scale, noise), scale)
-                values.copy_(rounded)
+            hashed = rounding_noise(index, step_seed(int(state["step"])))
+            fields = [*noise_fields(hashed), *noise_fields(rounding_noise(hashed, 1))]
+            for i, (key, codec) in enumerate(codecs.items()):
+                values = state[key].view(-1, block)
+                scale = codec.scale_of(values)
+                noise = codec.noise(fields[i]) if codec.stochastic else None
+                values.copy_(codec.decode(codec.encode(values, scale, noise), scale))
 
 
 def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps: int) -> dict:
@@ -93,12 +127,11 @@ def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kind, _, listed = variant.partition(":")
+    kind = variant.partition(":")[0]
     common = dict(HYPER, decoupled_weight_decay=True)
-    if kind == "8bit":
-        optimizer = AdaBalance8bit(groups, **common)
-    else:
-        optimizer = AdaBalance(groups, **common)
+    classes = {"8bit": AdaBalance8bit, "4bit": AdaBalance4bit}
+    optimizer = classes.get(kind, AdaBalance)(groups, **common)
+    codecs = fake_codecs(variant) if kind.startswith("fake") else {}
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min((t + 1) / 30, max(0.0, (steps - t) / (steps - 30)))
     )
@@ -111,8 +144,8 @@ def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps
         optimizer.step()
         optimizer.zero_grad()
         schedule.step()
-        if kind.startswith("fake"):
-            round_states(optimizer, listed.split(","), nearest=kind == "fake-nearest")
+        if codecs:
+            round_states(optimizer, codecs)
     model.eval()
     with torch.no_grad():
         losses = [model(input_ids=b, labels=b).loss.item() for b in valid[:256].split(32)]

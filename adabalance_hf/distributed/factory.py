@@ -93,7 +93,8 @@ def create_optimizer(
             scripts that must not train on a wrong launch, like the recipes); ``False``: no
             check. Default: ``True``
         optimizer_class (type, optional): :class:`~adabalance_hf.AdaBalance` or
-            :class:`~adabalance_hf.AdaBalance8bit` (8-bit state; it takes ``block_size``).
+            :class:`~adabalance_hf.AdaBalance8bit` or :class:`~adabalance_hf.AdaBalance4bit`
+            (low-bit state; they take ``block_size``).
             Default: :class:`~adabalance_hf.AdaBalance`
         optim (str, optional): an AdaBalance optimizer name instead of ``optimizer_class``
             (``"adabalancew_8bit"``, ...): the class, the variant and the fine-tuning defaults

@@ -1,11 +1,13 @@
-"""Block-wise 8-bit state of one parameter: which parameters get it, making it, converting it.
+"""Block-wise low-bit state of one parameter: the layouts, which parameters get them, conversions.
 
-A quantized state keeps AdaBalance's key names for the codes (``exp_avg`` ``int8``, ``exp_avg_sq``
-and ``exp_avg_lr`` ``uint8``, ``max_exp_avg_sq`` ``uint8`` with amsbound), shaped like the
-parameter, and puts each code tensor's per-block scales under ``<key>_scale``: fp32, shaped like
-the parameter with its last dimension divided by the block size. Both shapes follow the
-parameter's leading dimensions, so a DTensor parameter sharded on any dimension but its last has
-its state sharded the same way, and DCP re-shards it (2 ranks saved, 1 loads) like fp32 state.
+A quantized state keeps AdaBalance's key names for the codes and puts each code tensor's
+per-block scales under ``<key>_scale`` (fp32 for 8-bit codes, bf16 for 4-bit ones), shaped like
+the parameter with its last dimension divided by the block size. 8-bit codes are shaped like the
+parameter; 4-bit codes, packed two per byte, ``(*leading, blocks, block_size // 2)`` (see
+``_codecs``). Both follow the parameter's leading dimensions, so a DTensor parameter sharded on
+any dimension but its last has its state sharded the same way, and DCP re-shards it (2 ranks
+saved, 1 loads) like fp32 state. A saved state says its own layout (the codes' shape against
+their scales'), so any optimizer class loads any other's state dict.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._blockwise import decode_signed, decode_unsigned, encode_signed, encode_unsigned
+from ._codecs import Codec, FloatCode, LinearCode
 from ._dtensor import local_tensor
 
 __all__ = [
-    "CODE_DTYPES",
+    "CODECS",
     "MIN_BLOCK_SIZE",
     "MIN_QUANTIZED_NUMEL",
+    "STATE_KEYS",
     "decoded_state",
     "dequantize_state",
     "is_quantized_state",
@@ -30,18 +33,36 @@ __all__ = [
     "quantize_state",
     "saved_block_size",
     "saved_codes",
+    "state_codec",
     "tensor_block_size",
 ]
 
 #: Parameters with fewer elements keep fp32 state (biases, norm weights, small heads): their state
-#: is a negligible share of the total and 8 bits would cost them the most accuracy.
+#: is a negligible share of the total and low bits would cost them the most accuracy.
 MIN_QUANTIZED_NUMEL = 4096
-#: The dtype of each state's codes.
-CODE_DTYPES = {
-    "exp_avg": torch.int8,
-    "exp_avg_sq": torch.uint8,
-    "exp_avg_lr": torch.uint8,
-    "max_exp_avg_sq": torch.uint8,
+#: The smallest block :func:`tensor_block_size` falls back to.
+MIN_BLOCK_SIZE = 32
+#: The states that get codes.
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq")
+
+#: The codec of each state at each width. ``exp_avg`` rounds to nearest; ``exp_avg_sq`` and
+#: ``exp_avg_lr`` stochastically (their averages move by less than a code step per step);
+#: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits ``exp_avg`` is E2M1 (the FP4
+#: of the MX and NVFP4 formats), the second moments the zero-free linear map of Li et al. (2023)
+#: and ``exp_avg_lr``, which spans orders of magnitude, a 3-exponent-bit float.
+CODECS: dict[int, dict[str, Codec]] = {
+    8: {
+        "exp_avg": FloatCode(8, signed=True, stochastic=False, mantissa_bits=3),
+        "exp_avg_sq": FloatCode(8, signed=False, stochastic=True, mantissa_bits=3),
+        "exp_avg_lr": FloatCode(8, signed=False, stochastic=True, mantissa_bits=3),
+        "max_exp_avg_sq": FloatCode(8, signed=False, stochastic=False, mantissa_bits=3),
+    },
+    4: {
+        "exp_avg": FloatCode(4, signed=True, stochastic=False, mantissa_bits=1),
+        "exp_avg_sq": LinearCode(4, signed=False, stochastic=True),
+        "exp_avg_lr": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
+        "max_exp_avg_sq": LinearCode(4, signed=False, stochastic=False),
+    },
 }
 
 
@@ -54,12 +75,8 @@ def _last_dim_sharded(param: Tensor) -> bool:
     return any(getattr(p, "dim", None) in (-1, param.dim() - 1) for p in placements)
 
 
-#: The smallest block :func:`tensor_block_size` falls back to.
-MIN_BLOCK_SIZE = 32
-
-
 def tensor_block_size(param: Tensor, block_size: int) -> int | None:
-    """The block size of ``param``'s 8-bit state, or ``None`` if its state stays fp32.
+    """The block size of ``param``'s low-bit state, or ``None`` if its state stays fp32.
 
     It is ``block_size`` if that divides the last dimension, else their greatest common divisor
     if it is at least :data:`MIN_BLOCK_SIZE` (or ``block_size``, if smaller): ``block_size=128``
@@ -84,14 +101,35 @@ def tensor_block_size(param: Tensor, block_size: int) -> int | None:
 
 
 def is_quantized_state(state: dict[str, Any]) -> bool:
-    """Whether a parameter's state holds 8-bit codes (it has ``exp_avg_scale``)."""
+    """Whether a parameter's state holds low-bit codes (it has ``exp_avg_scale``)."""
     return _scale_key("exp_avg") in state
+
+
+def _packed(codes: Tensor, scale: Tensor) -> bool:
+    return codes.dim() == scale.dim() + 1
+
+
+def state_codec(state: dict[str, Any], key: str) -> Codec:
+    """The codec of a saved quantized state ``key``, read off its shapes.
+
+    Args:
+        state (dict): one parameter's optimizer state, with ``key`` and ``<key>_scale``.
+        key (str): one of :data:`STATE_KEYS`.
+    """
+    return CODECS[4 if _packed(state[key], state[_scale_key(key)]) else 8][key]
 
 
 def saved_block_size(state: dict[str, Any]) -> int:
     """The block size a quantized state was made with, read off its shapes."""
     codes, scale = state["exp_avg"], state[_scale_key("exp_avg")]
+    if _packed(codes, scale):
+        return 2 * codes.shape[-1]
     return codes.shape[-1] // scale.shape[-1]
+
+
+def saved_bits(state: dict[str, Any]) -> dict[str, int]:
+    """The width of each quantized state in ``state``, by key."""
+    return {key: state_codec(state, key).bits for key in STATE_KEYS if key in state}
 
 
 def _like(param: Tensor, local: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -110,55 +148,69 @@ def _scale_shape(shape: torch.Size | tuple[int, ...], block_size: int) -> tuple[
     return (*shape[:-1], shape[-1] // block_size)
 
 
-def new_quantized_state(param: Tensor, key: str, block_size: int) -> dict[str, Tensor]:
-    """Zero codes and scales of state ``key`` for ``param`` (zero decodes to 0, as fp32 state).
+def _store(
+    state: dict[str, Any], key: str, param: Tensor, codes: Tensor, scale: Tensor, block_size: int
+) -> None:
+    """Put local ``codes`` (stored form) and ``scale`` of ``key`` into ``state`` as ``param``'s."""
+    codec = CODECS[8 if codes.dim() == scale.dim() else 4][key]
+    state[key] = _like(param, codes, codec.codes_shape(tuple(param.shape), block_size))
+    state[_scale_key(key)] = _like(param, scale, _scale_shape(param.shape, block_size))
+
+
+def new_quantized_state(param: Tensor, key: str, block_size: int, bits: int) -> dict[str, Tensor]:
+    """Zero codes and scales of state ``key`` for ``param`` (they decode to 0, as fp32 state).
 
     Args:
         param (Tensor): the parameter (a DTensor gets DTensor state, sharded alike).
-        key (str): the state's name, one of :data:`CODE_DTYPES`.
+        key (str): the state's name, one of :data:`STATE_KEYS`.
         block_size (int): elements per block.
+        bits (int): the codes' width, 8 or 4.
     """
+    codec = CODECS[bits][key]
     local = local_tensor(param)
-    codes = torch.zeros_like(local, dtype=CODE_DTYPES[key], memory_format=torch.contiguous_format)
-    scale = torch.zeros(_scale_shape(local.shape, block_size), device=local.device)
-    return {
-        key: _like(param, codes, tuple(param.shape)),
-        _scale_key(key): _like(param, scale, _scale_shape(param.shape, block_size)),
-    }
+    codes = torch.zeros(codec.codes_shape(local.shape, block_size), dtype=codec.dtype,
+                        device=local.device)  # fmt: skip
+    scale = torch.zeros(
+        _scale_shape(local.shape, block_size), dtype=codec.scale_dtype, device=local.device
+    )
+    state: dict[str, Tensor] = {}
+    _store(state, key, param, codes, scale, block_size)
+    return state
 
 
-def quantize_state(state: dict[str, Any], param: Tensor, block_size: int) -> None:
-    """Replace the fp32 moments in ``state`` by their 8-bit codes (round to nearest), in place.
+def quantize_state(
+    state: dict[str, Any], param: Tensor, block_size: int, bits: dict[str, int]
+) -> None:
+    """Replace the fp32 moments in ``state`` by their codes (rounded to nearest), in place.
 
     Args:
         state (dict): the parameter's optimizer state, with fp32 (or other floating) moments.
         param (Tensor): the parameter.
         block_size (int): elements per block.
+        bits (dict): the width of each state's codes, by key.
     """
-    for key in CODE_DTYPES:
+    for key in STATE_KEYS:
         if key not in state:
             continue
+        codec = CODECS[bits[key]][key]
         values = local_tensor(state[key]).to(torch.float32)
         blocks = values.reshape(-1, block_size)
-        scale = blocks.abs().amax(dim=-1, keepdim=True)
-        encode = encode_signed if key == "exp_avg" else encode_unsigned
-        codes = encode(blocks, scale).view(values.shape)
-        state[key] = _like(param, codes, tuple(param.shape))
-        scale_shape = _scale_shape(values.shape, block_size)
-        state[_scale_key(key)] = _like(
-            param, scale.view(scale_shape), _scale_shape(param.shape, block_size)
-        )
+        scale = codec.scale_of(blocks)
+        stored = codec.store(codec.encode(blocks, scale, None))
+        codes = stored.view(codec.codes_shape(values.shape, block_size))
+        scale = scale.to(codec.scale_dtype).view(_scale_shape(values.shape, block_size))
+        _store(state, key, param, codes, scale, block_size)
 
 
 def dequantize_state(state: dict[str, Any], param: Tensor, dtype: torch.dtype) -> None:
-    """Replace 8-bit codes in ``state`` by their values in ``dtype``, in place.
+    """Replace low-bit codes in ``state`` by their values in ``dtype``, in place.
 
     Args:
         state (dict): the parameter's optimizer state, with codes and ``*_scale`` entries.
         param (Tensor): the parameter.
         dtype (torch.dtype): the dtype of the fp32 (or compute-dtype) state to make.
     """
-    for key in CODE_DTYPES:
+    for key in STATE_KEYS:
         if key in state:
             values = decoded_state(state, key).to(dtype)
             del state[_scale_key(key)]
@@ -166,11 +218,11 @@ def dequantize_state(state: dict[str, Any], param: Tensor, dtype: torch.dtype) -
 
 
 def saved_codes(param_groups: list[dict], state_dict: dict) -> dict[Tensor, dict[str, Tensor]]:
-    """Copies of the 8-bit codes in a state dict being loaded, on each parameter's device.
+    """Copies of the codes and scales in a state dict being loaded, on each parameter's device.
 
     ``Optimizer.load_state_dict`` casts every state tensor of a floating-point parameter to the
-    parameter's dtype, codes included (``int8`` 37 would become 37.0); the copies made here are
-    put back after loading.
+    parameter's dtype, codes included (``int8`` 37 would become 37.0) and the fp32 scales of a
+    bf16 parameter; the copies made here are put back after loading.
 
     Args:
         param_groups (list of dict): the param groups of the optimizer that loads.
@@ -183,18 +235,20 @@ def saved_codes(param_groups: list[dict], state_dict: dict) -> dict[Tensor, dict
             if not saved_state or not is_quantized_state(saved_state):
                 continue
             restored[param] = {
-                key: saved_state[key].to(device=param.device, copy=True)
-                for key in CODE_DTYPES
+                name: saved_state[name].to(device=param.device, copy=True)
+                for key in STATE_KEYS
                 if key in saved_state
+                for name in (key, _scale_key(key))
             }
     return restored
 
 
 def decoded_state(state: dict[str, Any], key: str) -> Tensor:
-    """The values of state ``key`` of one parameter in fp32, whether 8-bit or not.
+    """The values of state ``key`` of one parameter in fp32, whether low-bit or not.
 
-    For :class:`~adabalance_hf.AdaBalance8bit` state the codes are decoded (a DTensor's local
-    shard: what this rank holds); other state is returned as it is.
+    For :class:`~adabalance_hf.AdaBalance8bit` and :class:`~adabalance_hf.AdaBalance4bit` state
+    the codes are decoded (a DTensor's local shard: what this rank holds), shaped like the
+    parameter's shard; other state is returned as it is.
 
     Args:
         state (dict): one parameter's optimizer state.
@@ -202,8 +256,8 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
     """
     if _scale_key(key) not in state:
         return state[key]
+    codec = state_codec(state, key)
     codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
-    block_size = codes.shape[-1] // scale.shape[-1]
-    decode = decode_signed if key == "exp_avg" else decode_unsigned
-    blocks = codes.reshape(-1, block_size)
-    return decode(blocks, scale.reshape(-1, 1).to(torch.float32)).view(codes.shape)
+    rows = scale.numel()
+    values = codec.decode(codec.load(codes.reshape(rows, -1)), scale.reshape(-1, 1).float())
+    return values.view(*scale.shape[:-1], -1)

@@ -1,12 +1,11 @@
-"""AdaBalance step with block-wise 8-bit state: decode, update in fp32, re-encode, in one kernel.
+"""AdaBalance step with block-wise low-bit state: decode, the fp32 update, encode, in one kernel.
 
-Per element the kernel reads the parameter (or its fp32 master copy), the gradient and three
-one-byte codes, and writes the parameter and the three codes: about 18 bytes against fp32
-AdamW's 28. The arithmetic is the fp32 kernel's (``_fused._adabalance_kernel``) on the decoded
-states; the parameter moves by the *unrounded* new ``m`` and ``s``, and only the stored state is
-rounded (see ``_blockwise`` for the codes): ``exp_avg`` and ``max_exp_avg_sq`` to nearest,
-``exp_avg_sq`` and ``exp_avg_lr`` stochastically, because their averages (``beta2 = 0.999``, and
-``beta3`` up to 0.999) move by less than a code's resolution per step.
+Per element the kernel reads the parameter (or its fp32 master copy), the gradient and the
+codes of three states, and writes the parameter and the codes: about 18 bytes against fp32
+AdamW's 28 with 8-bit codes, 16.5 with 4-bit ones. The update is the fp32 kernel's
+(``_fused.adabalance_update``) on the decoded states; the parameter moves by the *unrounded* new
+``m`` and ``s``, and only the stored state is rounded, each state by its codec (``_codecs``,
+chosen in ``_blockwise_state.CODECS``).
 
 ``fused=True`` compiles the kernel with ``torch.compile`` (one graph per variant, dynamic sizes,
 hyper-parameters and the rounding seed as tensors, so nothing recompiles during training);
@@ -23,43 +22,58 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._blockwise import (
-    NEAREST,
-    block_scale,
-    decode_signed,
-    decode_unsigned,
-    encode_signed,
-    encode_unsigned,
-    noise_fields,
-    rounding_noise,
-    step_seed,
-)
+from ._codecs import Codec, noise_fields, rounding_noise, step_seed
 from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
-from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC
-from ._precision import stochastic_round_to_bf16
-from ._step_scalars import HYPER, KernelScalarsCache
+from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
+from ._step_scalars import KernelScalarsCache
 
-__all__ = ["QuantizedTensors", "_blockwise_adabalance"]
+__all__ = ["QuantizedTensors", "StateCodecs", "_blockwise_adabalance"]
+
+
+class StateCodecs(NamedTuple):
+    """The codec of each state of one kernel call (``max_exp_avg_sq``: None without amsbound)."""
+
+    exp_avg: Codec
+    exp_avg_sq: Codec
+    exp_avg_lr: Codec
+    max_exp_avg_sq: Codec | None
 
 
 class QuantizedTensors(NamedTuple):
-    """The tensors of one kernel call: ``(blocks, block_size)`` views, scales ``(blocks, 1)``."""
+    """The tensors of one kernel call: codes ``(blocks, block_size // per_byte)``, scales
+    ``(blocks, 1)``, the parameter and gradient ``(blocks, block_size)``."""
 
     param: Tensor
     grad: Tensor
-    exp_avg: Tensor  # int8 codes
+    exp_avg: Tensor
     exp_avg_scale: Tensor
-    exp_avg_sq: Tensor  # uint8 codes
+    exp_avg_sq: Tensor
     exp_avg_sq_scale: Tensor
-    exp_avg_lr: Tensor  # uint8 codes
+    exp_avg_lr: Tensor
     exp_avg_lr_scale: Tensor
-    max_exp_avg_sq: Tensor | None  # uint8 codes
+    max_exp_avg_sq: Tensor | None
     max_exp_avg_sq_scale: Tensor | None
     master: Tensor | None
 
 
-def _adabalance_8bit_kernel(
+def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
+    """``count`` independent 16-bit random fields per element (one hash gives two)."""
+    fields: list[Tensor] = []
+    hashed = index
+    while len(fields) < count:
+        hashed = rounding_noise(hashed, seed)
+        fields.extend(noise_fields(hashed))
+    return fields[:count]
+
+
+def _encode_into(codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise) -> None:
+    new_scale = codec.scale_of(values)
+    codes.copy_(codec.store(codec.encode(values, new_scale, noise)))
+    scale.copy_(new_scale)
+
+
+def _blockwise_kernel(
     param: Tensor,
     grad: Tensor,
     exp_avg: Tensor,
@@ -74,47 +88,30 @@ def _adabalance_8bit_kernel(
     hyper: Tensor,
     seed: Tensor,
     write_mode: int,
+    codecs: StateCodecs,
 ) -> None:
     value = master if master is not None else param.to(torch.float32)
-    value = value * hyper[HYPER.decay]
-    g = grad.to(torch.float32) * hyper[HYPER.grad_sign] + hyper[HYPER.l2] * value
-    m = decode_signed(exp_avg, exp_avg_scale)
-    m = m + (g - m) * hyper[HYPER.one_minus_beta1]
-    v = decode_unsigned(exp_avg_sq, exp_avg_sq_scale) * hyper[HYPER.beta2]
-    v = v + g * g * hyper[HYPER.one_minus_beta2]
+    m = codecs.exp_avg.decode(codecs.exp_avg.load(exp_avg), exp_avg_scale)
+    v = codecs.exp_avg_sq.decode(codecs.exp_avg_sq.load(exp_avg_sq), exp_avg_sq_scale)
+    s = codecs.exp_avg_lr.decode(codecs.exp_avg_lr.load(exp_avg_lr), exp_avg_lr_scale)
+    v_max = None
     if max_exp_avg_sq is not None:
-        v_max = torch.maximum(decode_unsigned(max_exp_avg_sq, max_exp_avg_sq_scale), v)
-        denom = v_max.sqrt() + hyper[HYPER.eps]
-    else:
-        denom = v.sqrt() * hyper[HYPER.bias_correction2_sqrt].reciprocal() + hyper[HYPER.eps]
-    s = decode_unsigned(exp_avg_lr, exp_avg_lr_scale) * hyper[HYPER.beta3]
-    s = s + hyper[HYPER.eta_scale] / denom
-    rate = torch.minimum(torch.maximum(s, hyper[HYPER.lower]), hyper[HYPER.upper])
-    value = value - rate * m
+        codec = codecs.max_exp_avg_sq
+        v_max = codec.decode(codec.load(max_exp_avg_sq), max_exp_avg_sq_scale)  # type: ignore[union-attr]
+    value, m, v, s, v_max = adabalance_update(value, grad, m, v, s, v_max, hyper)
 
+    states = [(codecs.exp_avg, exp_avg, exp_avg_scale, m)]
+    states.append((codecs.exp_avg_sq, exp_avg_sq, exp_avg_sq_scale, v))
+    states.append((codecs.exp_avg_lr, exp_avg_lr, exp_avg_lr_scale, s))
+    if max_exp_avg_sq is not None:
+        states.append((codecs.max_exp_avg_sq, max_exp_avg_sq, max_exp_avg_sq_scale, v_max))
+    stochastic = sum(codec.stochastic for codec, *_ in states)
     index = torch.arange(param.numel(), device=param.device).view(param.shape)
-    noise_v, noise_s = noise_fields(rounding_noise(index, seed))
-    m_scale = block_scale(m)
-    v_scale = block_scale(v)
-    s_scale = block_scale(s)
-    exp_avg.copy_(encode_signed(m, m_scale))
-    exp_avg_scale.copy_(m_scale)
-    exp_avg_sq.copy_(encode_unsigned(v, v_scale, noise_v))
-    exp_avg_sq_scale.copy_(v_scale)
-    exp_avg_lr.copy_(encode_unsigned(s, s_scale, noise_s))
-    exp_avg_lr_scale.copy_(s_scale)
-    if max_exp_avg_sq is not None:
-        v_max_scale = block_scale(v_max)
-        max_exp_avg_sq.copy_(encode_unsigned(v_max, v_max_scale, NEAREST))
-        max_exp_avg_sq_scale.copy_(v_max_scale)  # type: ignore[union-attr]
-
-    if write_mode == _WRITE_MASTER:
-        master.copy_(value)  # type: ignore[union-attr]
-        param.copy_(value)
-    elif write_mode == _WRITE_STOCHASTIC:
-        param.copy_(stochastic_round_to_bf16(value))
-    else:
-        param.copy_(value)
+    fields = iter(_random_fields(index, seed, stochastic))
+    for codec, codes, scale, values in states:
+        noise = codec.noise(next(fields)) if codec.stochastic else None
+        _encode_into(codec, codes, scale, values, noise)
+    write_param(param, master, value, write_mode)
 
 
 class BlockwiseVariant(NamedTuple):
@@ -123,16 +120,23 @@ class BlockwiseVariant(NamedTuple):
     device_type: str
     param_dtype: torch.dtype
     grad_dtype: torch.dtype
-    amsbound: bool
     write_mode: int
+    codecs: StateCodecs
 
 
 @functools.cache
 def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
     """The compiled kernel of one variant, under a code object of its own (see ``_fused``)."""
-    name = "_adabalance_8bit_kernel_" + "_".join(str(p).replace(".", "_") for p in variant)
-    code = _adabalance_8bit_kernel.__code__.replace(co_name=name)
-    kernel = types.FunctionType(code, _adabalance_8bit_kernel.__globals__, name)
+    codecs = variant.codecs
+
+    def kernel(*args: object) -> None:
+        _blockwise_kernel(*args, codecs=codecs)  # type: ignore[arg-type]
+
+    bits = "_".join(str(c.bits) if c is not None else "no" for c in codecs)
+    name = f"_blockwise_kernel_{variant.device_type}_{variant.param_dtype}_{bits}".replace(".", "_")
+    name += f"_{variant.grad_dtype}_{variant.write_mode}".replace(".", "_")
+    code = kernel.__code__.replace(co_name=name)
+    unique = types.FunctionType(code, kernel.__globals__, name, None, kernel.__closure__)
     # Without the realize thresholds inductor stores the new m, v and s (three fp32 tensors the
     # size of the parameter: 270 MiB at BERT's embedding) between the pass that takes their
     # block maxima and the pass that encodes them; with them it recomputes them instead.
@@ -142,21 +146,21 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
         "realize_reads_threshold": 1_000,
         "realize_acc_reads_threshold": 1_000,
     }
-    return torch.compile(kernel, fullgraph=True, dynamic=True, options=options)
+    return torch.compile(unique, fullgraph=True, dynamic=True, options=options)
 
 
-def _run_compiled(variant: BlockwiseVariant, args: tuple) -> None:
+def _run_compiled(variant: BlockwiseVariant, args: tuple, owner: str) -> None:
     failure = (
-        f"AdaBalance8bit(fused=True) could not compile or run its torch.compile kernel for "
+        f"{owner}(fused=True) could not compile or run its torch.compile kernel for "
         f"{variant.param_dtype} parameters on {variant.device_type} (it needs a C++ compiler "
         f"on CPU, Triton on CUDA). Pass fused=False to run the same arithmetic eagerly."
     )
-    what = f"AdaBalance8bit's step for {variant.param_dtype} on {variant.device_type}"
+    what = f"{owner}'s step for {variant.param_dtype} on {variant.device_type}"
     run_compiled(variant, lambda: _compiled_kernel(variant), args, what=what, failure=failure)
 
 
-def _blocks(tensor: Tensor, block_size: int) -> Tensor:
-    return local_tensor(tensor).view(-1, block_size)
+def _blocks(tensor: Tensor, rows: int) -> Tensor:
+    return local_tensor(tensor).view(rows, -1)
 
 
 def _blockwise_adabalance(
@@ -173,8 +177,9 @@ def _blockwise_adabalance(
     max_exp_avg_sq_scales: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    block_sizes: list[int],
+    codecs: list[StateCodecs],
     fused: bool,
+    owner: str,
     amsbound: bool,
     lr: float,
     base_lr: float,
@@ -189,12 +194,12 @@ def _blockwise_adabalance(
     maximize: bool,
     stochastic_round: bool,
 ) -> None:
-    """One AdaBalance step of parameters whose state is block-wise 8-bit.
+    """One AdaBalance step of parameters whose state is block-wise low-bit.
 
     The lists are parallel, as in :func:`~adabalance_hf.optim.functional.adabalance`; the
-    ``*_scales`` hold each code tensor's per-block scales, shaped like the parameter with the
-    last dimension divided by the tensor's entry of ``block_sizes``. Gradients must already be
-    unscaled (GradScaler is handled by the optimizer class).
+    ``*_scales`` hold each code tensor's per-block scales, and ``codecs`` each tensor's
+    :class:`StateCodecs`. Gradients must already be unscaled (GradScaler is handled by the
+    optimizer class). ``owner`` names the optimizer class in messages.
     """
     if not params:
         return
@@ -206,25 +211,25 @@ def _blockwise_adabalance(
     )  # fmt: skip
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
-        block_size = block_sizes[i]
+        rows = local_tensor(exp_avg_scales[i]).numel()
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
         if master_params is not None:
-            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], block_size)
+            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows)
         else:
             bf16_rounding = stochastic_round and param.dtype == torch.bfloat16
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         tensors = QuantizedTensors(
-            param=_blocks(param.detach(), block_size),
-            grad=_blocks(grads[i], block_size),
-            exp_avg=_blocks(exp_avgs[i], block_size),
-            exp_avg_scale=_blocks(exp_avg_scales[i], 1),
-            exp_avg_sq=_blocks(exp_avg_sqs[i], block_size),
-            exp_avg_sq_scale=_blocks(exp_avg_sq_scales[i], 1),
-            exp_avg_lr=_blocks(exp_avg_lrs[i], block_size),
-            exp_avg_lr_scale=_blocks(exp_avg_lr_scales[i], 1),
-            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], block_size) if amsbound else None,
-            max_exp_avg_sq_scale=_blocks(max_exp_avg_sq_scales[i], 1) if amsbound else None,
+            param=_blocks(param.detach(), rows),
+            grad=_blocks(grads[i], rows),
+            exp_avg=_blocks(exp_avgs[i], rows),
+            exp_avg_scale=_blocks(exp_avg_scales[i], rows),
+            exp_avg_sq=_blocks(exp_avg_sqs[i], rows),
+            exp_avg_sq_scale=_blocks(exp_avg_sq_scales[i], rows),
+            exp_avg_lr=_blocks(exp_avg_lrs[i], rows),
+            exp_avg_lr_scale=_blocks(exp_avg_lr_scales[i], rows),
+            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], rows) if amsbound else None,
+            max_exp_avg_sq_scale=_blocks(max_exp_avg_sq_scales[i], rows) if amsbound else None,
             master=master,
         )
         args = (*tensors, vectors.vector(step, param.device, torch.float32), seed, write_mode)
@@ -233,9 +238,9 @@ def _blockwise_adabalance(
                 device_type=param.device.type,
                 param_dtype=param.dtype,
                 grad_dtype=grads[i].dtype,
-                amsbound=amsbound,
                 write_mode=write_mode,
+                codecs=codecs[i],
             )
-            _run_compiled(variant, args)
+            _run_compiled(variant, args, owner)
         else:
-            _adabalance_8bit_kernel(*args)
+            _blockwise_kernel(*args, codecs=codecs[i])

@@ -32,7 +32,14 @@ from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
 from ._step_scalars import HYPER, KernelScalarsCache
 
-__all__ = ["KernelTensors", "KernelVariant", "_fused_adabalance", "fused_kernel_supports"]
+__all__ = [
+    "KernelTensors",
+    "KernelVariant",
+    "_fused_adabalance",
+    "adabalance_update",
+    "fused_kernel_supports",
+    "write_param",
+]
 
 
 class KernelTensors(NamedTuple):
@@ -73,6 +80,52 @@ _WRITE_PARAM, _WRITE_MASTER, _WRITE_STOCHASTIC = range(3)
 _BATCH_NUMEL = 1 << 16
 
 
+def adabalance_update(
+    value: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    exp_avg_lr: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    hyper: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """One AdaBalance update, out of place: the arithmetic of every kernel (fp32 and low-bit).
+
+    Args:
+        value (Tensor): the parameter (or its master copy) in the compute dtype.
+        grad (Tensor): its gradient (unscaled), any floating dtype.
+        exp_avg, exp_avg_sq, exp_avg_lr (Tensor): ``m``, ``v`` and ``s`` in the compute dtype.
+        max_exp_avg_sq (Tensor, optional): the running maximum of ``v`` (amsbound), else None.
+        hyper (Tensor): the step's scalars, laid out by ``_step_scalars.KernelScalars``.
+
+    Returns:
+        tuple: the new ``(value, exp_avg, exp_avg_sq, exp_avg_lr, max_exp_avg_sq)``.
+    """
+    value = value * hyper[HYPER.decay]
+    g = grad.to(exp_avg.dtype) * hyper[HYPER.grad_sign] + hyper[HYPER.l2] * value
+    exp_avg = torch.lerp(exp_avg, g, hyper[HYPER.one_minus_beta1])
+    exp_avg_sq = exp_avg_sq * hyper[HYPER.beta2] + g * g * hyper[HYPER.one_minus_beta2]
+    if max_exp_avg_sq is not None:
+        max_exp_avg_sq = torch.maximum(max_exp_avg_sq, exp_avg_sq)
+        denom = max_exp_avg_sq.sqrt() + hyper[HYPER.eps]
+    else:
+        denom = exp_avg_sq.sqrt() / hyper[HYPER.bias_correction2_sqrt] + hyper[HYPER.eps]
+    exp_avg_lr = exp_avg_lr * hyper[HYPER.beta3] + hyper[HYPER.eta_scale] / denom
+    rate = torch.minimum(torch.maximum(exp_avg_lr, hyper[HYPER.lower]), hyper[HYPER.upper])
+    return value - rate * exp_avg, exp_avg, exp_avg_sq, exp_avg_lr, max_exp_avg_sq
+
+
+def write_param(param: Tensor, master: Tensor | None, value: Tensor, write_mode: int) -> None:
+    """Write a kernel's fp32 result into the parameter (and its master copy) by ``write_mode``."""
+    if write_mode == _WRITE_MASTER:
+        master.copy_(value)  # type: ignore[union-attr]
+        param.copy_(value)
+    elif write_mode == _WRITE_STOCHASTIC:
+        param.copy_(stochastic_round_to_bf16(value))
+    else:
+        param.copy_(value)
+
+
 def _adabalance_kernel(
     param: Tensor,
     grad: Tensor,
@@ -96,29 +149,16 @@ def _adabalance_kernel(
         saved = [t.clone() for t in written]
     if inv_grad_scale is not None:
         grad.mul_(inv_grad_scale)  # what an unscale pass over the gradients stores
-    if master is not None:
-        value = master
-    else:
-        value = param.to(exp_avg.dtype)
-    value = value * hyper[HYPER.decay]
-    g = grad.to(exp_avg.dtype) * hyper[HYPER.grad_sign] + hyper[HYPER.l2] * value
-    exp_avg.lerp_(g, hyper[HYPER.one_minus_beta1])
-    exp_avg_sq.mul_(hyper[HYPER.beta2]).addcmul_(g, g, value=hyper[HYPER.one_minus_beta2])
+    value = master if master is not None else param.to(exp_avg.dtype)
+    value, m, v, s, v_max = adabalance_update(
+        value, grad, exp_avg, exp_avg_sq, exp_avg_lr, max_exp_avg_sq, hyper
+    )
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    exp_avg_lr.copy_(s)
     if max_exp_avg_sq is not None:
-        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        denom = max_exp_avg_sq.sqrt() + hyper[HYPER.eps]
-    else:
-        denom = exp_avg_sq.sqrt() / hyper[HYPER.bias_correction2_sqrt] + hyper[HYPER.eps]
-    exp_avg_lr.mul_(hyper[HYPER.beta3]).add_(hyper[HYPER.eta_scale] / denom)
-    rate = torch.minimum(torch.maximum(exp_avg_lr, hyper[HYPER.lower]), hyper[HYPER.upper])
-    value = value - rate * exp_avg
-    if write_mode == _WRITE_MASTER:
-        master.copy_(value)  # type: ignore[union-attr]
-        param.copy_(value)
-    elif write_mode == _WRITE_STOCHASTIC:
-        param.copy_(stochastic_round_to_bf16(value))
-    else:
-        param.copy_(value)
+        max_exp_avg_sq.copy_(v_max)
+    write_param(param, master, value, write_mode)
     if found_inf is not None:
         keep = found_inf != 0
         for tensor, old in zip(written, saved, strict=True):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
-from ._blockwise_state import CODE_DTYPES, is_quantized_state, saved_codes
+from ._blockwise_state import STATE_KEYS, is_quantized_state, saved_codes, state_codec
 from ._precision import full_precision_state
 from ._validation import validate_hyperparameters
 
@@ -266,41 +266,50 @@ def _check_param_state(param_state: Any, param: torch.Tensor, where: str) -> Non
     for key in _PER_ELEMENT_KEYS:
         if key not in param_state:
             continue
-        if quantized and key in CODE_DTYPES:
+        if quantized and key in STATE_KEYS:
             _check_codes(param_state, key, param, where)
         else:
             _check_state_tensor(param_state[key], key, param, where)
 
 
 def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, where: str) -> None:
-    """8-bit codes (AdaBalance8bit): dtype and shape of the codes, shape of their scales."""
+    """Low-bit codes (AdaBalance8bit, AdaBalance4bit): their dtype and shape, their scales'."""
     codes, scale = param_state[key], param_state.get(key + "_scale")
-    if not isinstance(codes, torch.Tensor) or codes.dtype != CODE_DTYPES[key]:
-        found = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+    if not isinstance(codes, torch.Tensor) or not isinstance(scale, torch.Tensor):
+        found = type(codes if not isinstance(codes, torch.Tensor) else scale).__name__
         raise ValueError(
-            f"{_PREFIX}: state {key!r} of {where} is {found}; the state has 8-bit scales, so "
-            f"its codes must be {CODE_DTYPES[key]}. The state dict is damaged"
+            f"{_PREFIX}: state {key!r} of {where} holds a {found} where low-bit state has "
+            f"tensors of codes and of scales. The state dict is damaged"
         )
-    if codes.shape != param.shape:
+    codec = state_codec(param_state, key)
+    if codes.dtype != codec.dtype:
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is {codes.dtype}; the state has {codec.bits}-bit "
+            f"scales, so its codes must be {codec.dtype}. The state dict is damaged"
+        )
+    lead, last = tuple(param.shape[:-1]), param.shape[-1] if param.dim() else 0
+    blocks = scale.shape[-1] if scale.dim() else 0
+    block_size = last // blocks if blocks and last % blocks == 0 else 0
+    wrong_8bit_shape = codec.bits == 8 and codes.shape != param.shape
+    if tuple(codes.shape[: len(lead)]) != lead or wrong_8bit_shape:
+        expected = tuple(param.shape) if codec.bits == 8 else (*lead, "blocks", "block_size // 2")
         raise ValueError(
             f"{_PREFIX}: state {key!r} of {where} has shape {tuple(codes.shape)} but the "
-            f"parameter has shape {tuple(param.shape)}; the state dict was saved for another "
-            f"model or another parameter order"
+            f"parameter has shape {tuple(param.shape)} (codes of shape {expected}); the state "
+            f"dict was saved for another model or another parameter order"
         )
     blocks_fit = (
-        isinstance(scale, torch.Tensor)
+        block_size > 0
         and scale.is_floating_point()
-        and scale.dim() == codes.dim()
-        and scale.shape[:-1] == codes.shape[:-1]
-        and scale.shape[-1] > 0
-        and codes.shape[-1] % scale.shape[-1] == 0
+        and scale.dim() == param.dim()
+        and tuple(scale.shape[:-1]) == lead
+        and tuple(codes.shape) == codec.codes_shape(tuple(param.shape), block_size)
     )
     if not blocks_fit:
-        found = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
         raise ValueError(
-            f"{_PREFIX}: state {key + '_scale'!r} of {where} is {found}; for codes of shape "
-            f"{tuple(codes.shape)} it must be floating point of shape (*leading, "
-            f"{codes.shape[-1]} // block_size). The state dict is damaged"
+            f"{_PREFIX}: state {key + '_scale'!r} of {where} is {tuple(scale.shape)}; for codes "
+            f"of shape {tuple(codes.shape)} it must be floating point of shape (*leading, "
+            f"{last} // block_size). The state dict is damaged"
         )
     _check_state_tensor(scale, key + "_scale", scale, where)  # meta device, NaN
 

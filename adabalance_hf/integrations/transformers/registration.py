@@ -80,7 +80,7 @@ def get_adabalance(ctx: Any) -> tuple[type[AdaBalance], dict[str, Any]]:
             ``ctx.optimizer_kwargs`` holds ``lr`` and ``ctx.adam_kwargs`` ``betas`` and ``eps``.
 
     Returns:
-        tuple: ``(AdaBalance or AdaBalance8bit, kwargs)``: the name's variant with the
+        tuple: ``(AdaBalance or a low-bit subclass, kwargs)``: the name's variant with the
         fine-tuning defaults and the typed ``optim_args`` (see
         :func:`~adabalance_hf.names.adabalance_cls_and_kwargs`). The Trainer adds its decay
         groups (no weight decay on biases and norm weights).

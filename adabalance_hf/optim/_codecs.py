@@ -1,0 +1,270 @@
+"""Block-wise codes of optimizer state: 8- and 4-bit codecs around one fp32 update.
+
+Each block of consecutive elements along a tensor's last dimension shares one scale, the largest
+magnitude in the block (fp32 for 8-bit codes; for 4-bit codes bf16, rounded up, whose 8
+significant bits are far finer than the code and save 2 bytes a block); an element is stored as a
+code of ``value / scale``. A codec is
+the pair ``encode`` (fp32 values and scale -> integer codes) and ``decode``, plus how the codes
+are stored (:meth:`Codec.store` / :meth:`Codec.load`); the low-bit step decodes, runs the fp32
+update and encodes (``_blockwise_step``), so a new code is a new codec and nothing else.
+
+* :class:`FloatCode`: a small float read off the top bits of the fp32 pattern of
+  ``value / scale`` (its exponent and leading mantissa bits *are* a logarithmic code), so
+  encoding and decoding are integer shifts and adds, with no table to search and no
+  ``log``/``exp``. Code 0 is zero, unless ``zero=False``: then it is the smallest magnitude,
+  which keeps a second moment from decoding to 0 (the "zero-point problem" of Li et al., 2023,
+  "Memory Efficient Optimizers with 4-bit States": a ``v`` of 0 makes the step ``lr / eps``).
+* :class:`LinearCode`: ``value / scale`` in ``2**bits`` equal steps, with no zero (the same
+  paper's map for the second moment).
+
+Rounding: encoding adds noise before truncating. Half a code step rounds to nearest; a uniform
+draw rounds stochastically, which is unbiased: an average that moves by less than a code step per
+step still moves in expectation instead of stalling. :func:`rounding_noise` draws the noise from
+a hash of the element's index and the step count, so a step is a deterministic function of the
+state (a resumed run ends bitwise where an uninterrupted one ends), eagerly and compiled alike.
+
+Storage: 8-bit codes are one byte each (``int8`` sign and magnitude as a negative integer for
+signed codes, ``uint8`` otherwise), shaped like the parameter. 4-bit codes are packed two per
+``uint8`` (sign in the nibble's top bit), shaped ``(*leading, blocks, block_size // 2)``: one more
+dimension than their scales, which is how a state dict tells 4-bit state from 8-bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Codec",
+    "FloatCode",
+    "LinearCode",
+    "block_scale",
+    "noise_fields",
+    "rounding_noise",
+    "step_seed",
+]
+
+_MANTISSA_BITS_FP32 = 23
+_MASK32 = 0xFFFFFFFF
+_HASH_MULTIPLIER = 0x45D9F3B  # a 32-bit integer hash's (small enough for int64 without overflow)
+_NOISE_BITS = 16  # random bits per rounding draw (see noise_fields)
+
+
+def block_scale(values: Tensor) -> Tensor:
+    """Per-block scale of ``values`` shaped ``(blocks, block_size)``: the largest magnitude.
+
+    Args:
+        values (Tensor): fp32 values, one block per row.
+    """
+    return values.abs().amax(dim=-1, keepdim=True)
+
+
+def _ratio(values: Tensor, scale: Tensor) -> Tensor:
+    # A block of zeros has scale 0 (its codes decode to 0 whatever they are); min() keeps a ratio
+    # that rounds above 1 in the largest code. Multiplying by the reciprocal costs one division
+    # per block instead of one per element.
+    inverse = torch.where(scale > 0, scale, 1.0).reciprocal()
+    return (values.abs() * inverse).clamp_(max=1.0)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What every code shares: its width, its sign, its rounding, and how it is stored.
+
+    Args:
+        bits (int): bits per element, 8 or 4.
+        signed (bool): whether values may be negative (a sign bit, the rest magnitude).
+        stochastic (bool): round stored values stochastically instead of to nearest.
+    """
+
+    bits: int
+    signed: bool
+    stochastic: bool
+
+    @property
+    def scale_dtype(self) -> torch.dtype:
+        """The dtype of the per-block scales: bf16 for 4-bit codes, fp32 for 8-bit ones."""
+        return torch.bfloat16 if self.bits < 8 else torch.float32
+
+    def scale_of(self, values: Tensor) -> Tensor:
+        """The fp32 scale of each block of ``values`` ``(blocks, block_size)``, exactly
+        representable in :attr:`scale_dtype`: the largest magnitude (rounded up to bf16)."""
+        scale = block_scale(values)
+        if self.scale_dtype == torch.bfloat16:  # round the fp32 pattern up to its top 16 bits
+            scale = ((scale.view(torch.int32) + 0xFFFF) & -65536).view(torch.float32)
+        return scale
+
+    @property
+    def levels(self) -> int:
+        """The largest magnitude code (code ``levels`` stands for the block's scale)."""
+        return (1 << (self.bits - self.signed)) - 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the codes are stored in."""
+        return torch.int8 if self.bits == 8 and self.signed else torch.uint8
+
+    def codes_shape(self, shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
+        """The shape of the stored codes of a tensor of ``shape`` with blocks of ``block_size``."""
+        if self.bits == 8:
+            return tuple(shape)
+        return (*shape[:-1], shape[-1] // block_size, block_size // 2)
+
+    def store(self, codes: Tensor) -> Tensor:
+        """Integer codes ``(blocks, block_size)`` (int32, signed as :meth:`encode` makes them)
+        as stored: ``(blocks, block_size)`` bytes, or ``(blocks, block_size // 2)`` packed."""
+        if self.bits == 8:
+            return codes.to(self.dtype)
+        if self.signed:
+            codes = torch.where(codes < 0, 8 - codes, codes)  # sign bit 3, magnitude bits 0-2
+        pairs = codes.view(*codes.shape[:-1], -1, 2)
+        return (pairs[..., 0] | (pairs[..., 1] << 4)).to(torch.uint8)
+
+    def load(self, stored: Tensor) -> Tensor:
+        """The int32 codes ``(blocks, block_size)`` of stored codes (inverse of :meth:`store`)."""
+        if self.bits == 8:
+            return stored.to(torch.int32)
+        byte = stored.to(torch.int32)
+        codes = torch.stack([byte & 15, byte >> 4], dim=-1).view(*stored.shape[:-1], -1)
+        if self.signed:
+            codes = torch.where(codes >= 8, 8 - codes, codes)
+        return codes
+
+    def _signed_code(self, magnitude: Tensor, values: Tensor) -> Tensor:
+        return torch.where(values < 0, -magnitude, magnitude) if self.signed else magnitude
+
+    def encode(self, values: Tensor, scale: Tensor, noise: Tensor | int | float | None) -> Tensor:
+        """int32 codes of fp32 ``values`` ``(blocks, block_size)`` relative to ``scale``.
+
+        Args:
+            values (Tensor): fp32 values (``>= 0`` for an unsigned code).
+            scale (Tensor): per-block scale, at least the block's largest magnitude,
+                ``(blocks, 1)``.
+            noise (Tensor, number or None): rounding noise from :meth:`noise`; ``None``
+                rounds to nearest.
+        """
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
+        """fp32 values of int32 codes made by :meth:`encode`.
+
+        Args:
+            codes (Tensor): int32 codes, ``(blocks, block_size)``.
+            scale (Tensor): per-block scale, ``(blocks, 1)``.
+        """
+        raise NotImplementedError
+
+    def noise(self, random: Tensor) -> Tensor:
+        """Rounding noise for :meth:`encode` from 16 uniform random bits per element.
+
+        Args:
+            random (Tensor): int32 values in ``[0, 2**16)`` (one field of :func:`noise_fields`).
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FloatCode(Codec):
+    """A small float relative to the block's scale: ``mantissa_bits`` of mantissa, the rest
+    exponent.
+
+    8 bits, signed, 3 mantissa bits: 15 binades below the scale; unsigned: 31. A code step is at
+    most ``2**-mantissa_bits`` of the smaller value.
+
+    Args:
+        mantissa_bits (int): mantissa bits kept.
+        zero (bool): code 0 is zero (else the smallest magnitude). Default: ``True``
+    """
+
+    mantissa_bits: int = 3
+    zero: bool = True
+
+    @property
+    def _dropped(self) -> int:
+        return _MANTISSA_BITS_FP32 - self.mantissa_bits
+
+    @property
+    def _offset(self) -> int:
+        # The fp32 pattern of 1.0 with the dropped bits shifted out is the largest code.
+        return (127 << self.mantissa_bits) - self.levels
+
+    def encode(self, values: Tensor, scale: Tensor, noise: Tensor | int | float | None) -> Tensor:
+        if noise is None:
+            noise = 1 << (self._dropped - 1)
+        bits = _ratio(values, scale).view(torch.int32) + noise
+        magnitude = ((bits >> self._dropped) - self._offset).clamp_(0, self.levels)
+        return self._signed_code(magnitude, values)
+
+    def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
+        magnitude = codes.abs() if self.signed else codes
+        value = ((magnitude + self._offset) << self._dropped).view(torch.float32)
+        if self.zero:
+            value = torch.where(magnitude > 0, value, 0.0)
+        value = value * scale
+        return torch.where(codes < 0, -value, value) if self.signed else value
+
+    def noise(self, random: Tensor) -> Tensor:
+        shift = self._dropped - _NOISE_BITS
+        return (random << shift) + (1 << (shift - 1))  # centred in its unit
+
+
+@dataclass(frozen=True)
+class LinearCode(Codec):
+    """``value / scale`` in ``2**bits`` equal steps ``1/2**bits .. 1``, with no zero (unsigned).
+
+    A value below the first step is stored as the first step, so a second moment never decodes
+    to 0; a block of zeros (scale 0) still decodes to zeros.
+    """
+
+    def encode(self, values: Tensor, scale: Tensor, noise: Tensor | int | float | None) -> Tensor:
+        steps = 1 << self.bits
+        level = _ratio(values, scale) * steps + (0.5 if noise is None else noise)
+        return level.to(torch.int32).clamp_(1, steps) - 1
+
+    def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
+        return (codes + 1).to(torch.float32) * (scale / (1 << self.bits))
+
+    def noise(self, random: Tensor) -> Tensor:
+        return (random.to(torch.float32) + 0.5) * 2.0**-_NOISE_BITS
+
+
+def step_seed(step: int, offset: int = 0) -> int:
+    """The 32-bit seed of :func:`rounding_noise` for a tensor at step count ``step``.
+
+    The noise depends on the step and the element's index only, so a tensor rounds the same
+    whichever optimizer, param group or rank (ZeroRedundancyOptimizer) holds it.
+
+    Args:
+        step (int): the tensor's step count after this step's increment.
+        offset (int, optional): the index of the tensor's first element in the whole tensor (a
+            DTensor shard's offset), so that a shard draws the noise the whole tensor would.
+            Default: ``0``
+    """
+    return (step * 0x9E3779B1 + offset) & _MASK32
+
+
+def rounding_noise(index: Tensor, seed: Tensor | int) -> Tensor:
+    """A pseudo-random 32-bit integer (int64) per element index, from a hash of index and seed.
+
+    Split it with :func:`noise_fields` into the random bits of two states. Arithmetic stays
+    below 2**63, so int64 never overflows, eagerly or compiled.
+
+    Args:
+        index (Tensor): int64 element indices.
+        seed (Tensor or int): the step's seed (:func:`step_seed`), a Python int or 0-dim int64.
+    """
+    x = (index + seed) & _MASK32
+    x = (((x >> 16) ^ x) * _HASH_MULTIPLIER) & _MASK32
+    x = (((x >> 16) ^ x) * _HASH_MULTIPLIER) & _MASK32
+    return (x >> 16) ^ x
+
+
+def noise_fields(hashed: Tensor) -> tuple[Tensor, Tensor]:
+    """Two independent 16-bit random fields (int32 in ``[0, 2**16)``) of one hash value.
+
+    Args:
+        hashed (Tensor): values of :func:`rounding_noise`.
+    """
+    return (hashed & 0xFFFF).to(torch.int32), (hashed >> 16).to(torch.int32)

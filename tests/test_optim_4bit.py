@@ -1,0 +1,346 @@
+"""AdaBalance4bit: its codes, one step against the float64 oracle, its state, and the rounding of
+every stochastically rounded state of both low-bit optimizers.
+
+The codes are checked against a float64 decoder written here from the format the docstrings
+state, not against the package's decoder: two codes per byte (the even element in the low
+nibble), ``exp_avg`` a sign bit and a 3-bit magnitude ``c`` standing for
+``{0, 1/8, 3/16, 1/4, 3/8, 1/2, 3/4, 1}[c]`` of the block's scale, ``exp_avg_sq`` (and
+``max_exp_avg_sq``) ``(c + 1) / 16`` of it, ``exp_avg_lr`` 0 for ``c = 0``, else
+``2**(e - 8) * (1 + m / 2)`` with ``e, m = (c + 1) // 2, (c + 1) % 2``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
+from adabalance_hf.distributed.state_bytes import optimizer_state_bytes
+from adabalance_hf.optim import decoded_state
+from tests._oracle import OracleAdaBalance
+
+KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr")
+EAGER = {"fused": False}
+SIGNED_MAGNITUDES = torch.tensor(
+    [0, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1], dtype=torch.float64
+)
+
+
+def _unpack(codes: torch.Tensor) -> torch.Tensor:
+    """Nibbles of packed codes ``(*lead, blocks, half)`` as int64 ``(*lead, blocks, 2 * half)``."""
+    byte = codes.to(torch.int64)
+    return torch.stack([byte & 15, byte >> 4], dim=-1).flatten(-2)
+
+
+def reference_decode(key: str, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float64 values, shaped like the parameter, of 4-bit codes of state ``key``."""
+    nibble = _unpack(codes)
+    if key == "exp_avg":
+        value = SIGNED_MAGNITUDES[nibble & 7]
+        value = torch.where(nibble >= 8, -value, value)
+    elif key in ("exp_avg_sq", "max_exp_avg_sq"):
+        value = (nibble + 1).double() / 16
+    else:
+        e, m = (nibble + 1) // 2, (nibble + 1) % 2
+        value = torch.where(nibble > 0, torch.exp2(e.double() - 8) * (1 + m.double() / 2), 0.0)
+    value = value * scale.double().unsqueeze(-1)
+    return value.flatten(-2)
+
+
+def state_values(state: dict, key: str) -> torch.Tensor:
+    return reference_decode(key, state[key], state[key + "_scale"])
+
+
+def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+    torch.manual_seed(seed)
+    shapes = [(64, 128), (32, 256), (96, 96), (128,)]  # 96: blocks of 32; (128,): fp32 state
+    return [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+
+
+def _train(params: list[torch.nn.Parameter], optimizer, steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator) * 1e-2
+        optimizer.step()
+
+
+def _saved(optimizer) -> dict:
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+def test_codes_are_packed_two_per_byte_and_decode_as_documented() -> None:
+    params = _params()
+    optimizer = AdaBalance4bit(params, lr=1e-2, beta3=0.9, **EAGER)
+    _train(params, optimizer, 3, seed=0)
+    state = optimizer.state[params[0]]
+    for key in KEYS:
+        assert state[key].dtype == torch.uint8 and state[key].shape == (64, 1, 64), key
+        assert state[key + "_scale"].shape == (64, 1)
+    assert optimizer.state[params[2]]["exp_avg"].shape == (96, 3, 16)  # blocks of 32
+    for key in KEYS:
+        decoded = decoded_state(state, key)
+        torch.testing.assert_close(decoded.double(), state_values(state, key), rtol=1e-7, atol=0)
+    signs = _unpack(state["exp_avg"]) >= 8
+    assert 0.3 < signs.float().mean() < 0.7  # random gradients: both signs are stored
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsbound": True, **EAGER}, {"weight_decay": 0.1, "maximize": True, **EAGER},
+     {"weight_decay": 0.1, "decoupled_weight_decay": True, **EAGER}],
+    ids=["defaults", "amsbound", "l2_maximize", "decoupled"],
+)  # fmt: skip
+def test_one_step_matches_the_float64_oracle_started_from_the_decoded_state(options) -> None:
+    """From any 4-bit state, a step moves each parameter as the spec moves it (fp32 accuracy)
+    and stores each state within one code step of the spec's."""
+    params = _params()
+    hyper = dict(lr=1e-2, betas=(0.9, 0.999), beta3=0.9, final_lr=0.1, gamma=1e-2, eps=1e-8,
+                 weight_decay=0.0)  # fmt: skip
+    hyper.update({k: v for k, v in options.items() if k != "fused"})
+    optimizer = AdaBalance4bit(params, **{**hyper, "fused": options.get("fused", True)})
+    _train(params, optimizer, 4, seed=1)
+    quantized = params[:3]
+    oracle = OracleAdaBalance()
+    oracle.add_group(quantized, hyper["lr"])
+    amsbound = options.get("amsbound", False)
+    for tensor, param in zip(oracle.groups[0].tensors, quantized, strict=True):
+        state = optimizer.state[param]
+        tensor.step = int(state["step"])
+        tensor.m, tensor.v, tensor.s = (state_values(state, key) for key in KEYS)
+        tensor.v_max = state_values(state, "max_exp_avg_sq") if amsbound else None
+    generator = torch.Generator().manual_seed(2)
+    grads = [torch.randn(p.shape, generator=generator) * 1e-2 for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    optimizer.step()
+    oracle.step(0, grads[:3], {**hyper, "amsbound": amsbound})
+
+    for tensor, param in zip(oracle.groups[0].tensors, quantized, strict=True):
+        moved = tensor.param - param.detach().double()
+        assert moved.abs().max() <= 1e-6 * tensor.param.abs().max(), "parameter update"
+        state = optimizer.state[param]
+        for key, expected in {"exp_avg": tensor.m, "exp_avg_sq": tensor.v,
+                              "exp_avg_lr": tensor.s}.items():  # fmt: skip
+            scale = state[key + "_scale"].double()
+            scale = scale.repeat_interleave(param.shape[-1] // scale.shape[-1], dim=-1)
+            error = (state_values(state, key) - expected).abs()
+            if key == "exp_avg":  # nearest: half a step (1/2 relative); below 3/32 of scale, 0
+                bound = expected.abs() / 4 + scale * 3 / 32
+            elif key == "exp_avg_sq":  # linear, stochastic: one step, 1/16 of the scale
+                bound = scale / 16
+            else:  # float, 1 mantissa bit, stochastic: one step, 2**-7 of the scale below
+                bound = expected.abs() / 2 + scale * 2.0**-7
+            assert (error <= bound * (1 + 1e-5)).all(), key
+
+
+def test_compiled_and_eager_kernels_agree() -> None:
+    results = []
+    for fused in (True, False):
+        params = _params()
+        optimizer = AdaBalance4bit(params, lr=1e-2, beta3=0.9, gamma=1e-2, fused=fused)
+        _train(params, optimizer, 10, seed=2)
+        results.append((params, optimizer))
+    (compiled, compiled_opt), (eager, eager_opt) = results
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in KEYS:
+            codes_a, codes_b = compiled_opt.state[a][key], eager_opt.state[b][key]
+            if codes_a.dtype == torch.float32:
+                continue
+            differ = (_unpack(codes_a) - _unpack(codes_b)).abs()
+            assert differ.bool().float().mean() < 1e-3, key
+
+
+def _regression(optimizer_cls: type, steps: int = 150, **kwargs: object) -> float:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, 8))
+    x = torch.randn(128, 128)
+    y = torch.sin(x[:, :8] * 2)
+    optimizer = optimizer_cls(model.parameters(), lr=3e-3, beta3=0.9, gamma=1e-3, **kwargs)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def test_trains_close_to_fp32_state_on_a_regression() -> None:
+    fp32 = _regression(AdaBalance)
+    four_bit = _regression(AdaBalance4bit, **EAGER)
+    start = _regression(AdaBalance, steps=1)
+    assert fp32 < 0.01 * start
+    assert abs(four_bit - fp32) <= 0.02 * start, (four_bit, fp32, start)
+
+
+def test_state_is_at_most_1_6_bytes_per_parameter_at_bert_base_width() -> None:
+    """One BERT-base layer (width 768, feed-forward 3072, its biases and norms in fp32) with a
+    small vocabulary: the share of small tensors of BERT-base, so BERT-base's bytes."""
+    from _hf_helpers import tiny_bert
+
+    model = tiny_bert(vocab=4096, hidden=768, intermediate=3072, layers=1, max_positions=512)
+    numel = sum(p.numel() for p in model.parameters())
+    optimizer = AdaBalance4bit(model.parameters(), lr=1e-4, **EAGER)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    per_param = optimizer_state_bytes(optimizer) / numel
+    assert 1.5 < per_param <= 1.6, per_param
+
+
+def test_a_resumed_run_ends_bitwise_where_the_uninterrupted_one_ends() -> None:
+    params = _params()
+    optimizer = AdaBalance4bit(params, lr=1e-2, beta3=0.9)
+    _train(params, optimizer, 5, seed=3)
+    saved_state, saved_params = _saved(optimizer), [p.detach().clone() for p in params]
+    _train(params, optimizer, 5, seed=4)
+
+    resumed = [torch.nn.Parameter(p.clone()) for p in saved_params]
+    resumed_optimizer = AdaBalance4bit(resumed, lr=1e-2, beta3=0.9)
+    resumed_optimizer.load_state_dict(saved_state)
+    _train(resumed, resumed_optimizer, 5, seed=4)
+    for a, b in zip(params, resumed, strict=True):
+        assert torch.equal(a, b)
+    for key in KEYS:
+        assert torch.equal(
+            optimizer.state[params[0]][key], resumed_optimizer.state[resumed[0]][key]
+        )
+
+
+@pytest.mark.parametrize("source", [AdaBalance, AdaBalance8bit])
+def test_fp32_and_8bit_checkpoints_load_into_it_and_back(source) -> None:
+    params = _params()
+    saver = source(params, lr=1e-2, **({} if source is AdaBalance else EAGER))
+    _train(params, saver, 5, seed=5)
+    saved_values = {key: decoded_state(saver.state[params[0]], key) for key in KEYS}
+    four_bit = AdaBalance4bit(params, lr=1e-2, **EAGER)
+    four_bit.load_state_dict(_saved(saver))
+    state = four_bit.state[params[0]]
+    for key in KEYS:
+        assert state[key].dtype == torch.uint8 and state[key].dim() == 3, key
+        expected = saved_values[key].double()
+        scale = expected.abs().amax(-1, keepdim=True)
+        error = (state_values(state, key) - expected).abs()
+        # Rounded to nearest: within half a code step, and the values below the first code.
+        bound = {
+            "exp_avg": expected.abs() / 4 + scale * 3 / 32,
+            "exp_avg_sq": scale / 16,
+            "exp_avg_lr": expected.abs() / 4 + scale * 2.0**-7,
+        }[key]
+        assert (error <= bound * (1 + 1e-6)).all(), key
+    _train(params, four_bit, 2, seed=6)  # steps on the converted state
+
+    back = source(params, lr=1e-2, **({} if source is AdaBalance else EAGER))
+    back.load_state_dict(_saved(four_bit))
+    state = back.state[params[0]]
+    decoded = state_values(four_bit.state[params[0]], "exp_avg")
+    if source is AdaBalance:
+        assert {key: state[key].dtype for key in KEYS} == dict.fromkeys(KEYS, torch.float32)
+        torch.testing.assert_close(state["exp_avg"].double(), decoded, rtol=1e-7, atol=0)
+    else:  # re-encoded in 8 bits, to nearest: within 1/16 of each value
+        assert state["exp_avg"].dtype == torch.int8
+        again = decoded_state(state, "exp_avg").double()
+        assert ((again - decoded).abs() <= decoded.abs() / 16 + 1e-12).all()
+
+
+def test_a_damaged_4bit_state_dict_is_refused_before_anything_loads() -> None:
+    params = _params()
+    optimizer = AdaBalance4bit(params, lr=1e-2, **EAGER)
+    _train(params, optimizer, 2, seed=8)
+    state_dict = _saved(optimizer)
+    state_dict["state"][0]["exp_avg"] = state_dict["state"][0]["exp_avg"][..., :32]
+    before = optimizer.state[params[0]]["exp_avg"].clone()
+    with pytest.raises(ValueError, match=r"exp_avg_scale.*block_size"):
+        optimizer.load_state_dict(state_dict)
+    assert torch.equal(optimizer.state[params[0]]["exp_avg"], before)
+
+
+@pytest.mark.parametrize("block_size", [0, 33, 2.5, True])
+def test_an_odd_or_invalid_block_size_is_an_error_naming_it(block_size) -> None:
+    with pytest.raises(ValueError, match=r"AdaBalance4bit: Invalid block_size: .* positive even"):
+        AdaBalance4bit(_params(), block_size=block_size)
+
+
+@pytest.mark.parametrize("master_weights", [True, False])
+def test_bf16_parameters_step_with_and_without_master_weights(master_weights) -> None:
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(64, 128).to(torch.bfloat16))
+    start = param.detach().clone()
+    optimizer = AdaBalance4bit([param], lr=1e-2, master_weights=master_weights,
+                               bf16_stochastic_round=not master_weights, **EAGER)  # fmt: skip
+    for _ in range(3):
+        param.grad = torch.randn_like(param)
+        optimizer.step()
+    state = optimizer.state[param]
+    assert state["exp_avg"].dtype == torch.uint8 and not torch.equal(param, start)
+    if master_weights:
+        assert state["master_param"].dtype == torch.float32
+        assert torch.equal(param, state["master_param"].to(torch.bfloat16))
+    else:
+        assert "master_param" not in state
+
+
+def test_a_nonfinite_gradient_skips_the_whole_step() -> None:
+    params = _params()
+    optimizer = AdaBalance4bit(params, lr=1e-2, skip_nonfinite_grads=True, **EAGER)
+    _train(params, optimizer, 2, seed=9)
+    before = {key: optimizer.state[params[0]][key].clone() for key in KEYS}
+    values = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[1].grad[0, 0] = math.nan
+    optimizer.step()
+    assert optimizer.nonfinite_steps_skipped == 1
+    assert all(torch.equal(p, v) for p, v in zip(params, values, strict=True))
+    assert all(torch.equal(optimizer.state[params[0]][k], v) for k, v in before.items())
+
+
+def test_gradscaler_tensors_unscale_and_skip() -> None:
+    runs = []
+    for scale, found in ((None, None), (4.0, 0.0), (4.0, 1.0)):
+        params = _params()
+        optimizer = AdaBalance4bit(params, lr=1e-2, **EAGER)
+        for p in params:
+            p.grad = torch.ones_like(p) * (scale or 1.0)
+        if scale is not None:
+            optimizer.grad_scale = torch.tensor(scale)
+            optimizer.found_inf = torch.tensor(found)
+        optimizer.step()
+        runs.append(params)
+    plain, unscaled, skipped = runs
+    assert all(torch.equal(a, b) for a, b in zip(plain, unscaled, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(skipped, _params(), strict=True))
+
+
+# Each stochastically rounded state, and a first-step gradient pattern that puts its values at
+# 0.3 of their block's largest, between two codes of every code in use: rounded to nearest, the
+# stored mean would be off by 4% (8-bit) to 17% (4-bit); stochastically it is unbiased.
+ROUNDING_CASES = [
+    (cls, key) for cls in (AdaBalance8bit, AdaBalance4bit) for key in ("exp_avg_sq", "exp_avg_lr")
+]
+
+
+@pytest.mark.parametrize(("cls", "key"), ROUNDING_CASES, ids=lambda x: getattr(x, "__name__", x))
+def test_each_stochastically_rounded_state_is_stored_unbiased(cls, key) -> None:
+    hyper = dict(lr=1e-2, betas=(0.9, 0.999), beta3=0.9, final_lr=0.1, gamma=1e-2, eps=1e-8,
+                 weight_decay=0.0)  # fmt: skip
+    grad = torch.full((64, 128), 0.3**0.5 if key == "exp_avg_sq" else 1.0)
+    grad[:, 0] = 1.0 if key == "exp_avg_sq" else 0.3  # each block's largest v, or largest s
+    param = torch.nn.Parameter(torch.zeros(64, 128))
+    optimizer = cls([param], **hyper, **EAGER)
+    param.grad = grad.clone()
+    optimizer.step()
+    oracle = OracleAdaBalance()
+    oracle.add_group([param.detach()], hyper["lr"])
+    oracle.step(0, [grad], {**hyper, "amsbound": False})
+    expected = {"exp_avg_sq": oracle.groups[0].tensors[0].v,
+                "exp_avg_lr": oracle.groups[0].tensors[0].s}[key][:, 1:]  # fmt: skip
+    stored = decoded_state(optimizer.state[param], key).double()[:, 1:]
+    assert abs(stored.mean().item() / expected.mean().item() - 1) < 0.005, key
