@@ -1,7 +1,7 @@
 """Baseline for the benchmark: the AdaBalance step written the way the reference code writes it.
 
 The reference code (ahddlwq/AdaBalance 0.0.5) steps with one Python loop over tensors and builds
-several full-size temporaries per tensor (defect 7 of ``shared/spec/adabalance.md``). This class
+several full-size temporaries per tensor (defect 7 in ``docs/algorithm.md``). This class
 keeps that structure and cost so that the benchmark has an honest baseline:
 
 * base learning rates captured once, in a list, at construction (zipped with the groups);

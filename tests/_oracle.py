@@ -1,4 +1,4 @@
-"""A float64 re-implementation of ``../shared/spec/adabalance.md``: the test oracle.
+"""A float64 re-implementation of ``docs/algorithm.md``: the test oracle.
 
 Written from the spec's pseudo-code, line by line, with none of the package's code: it is slow
 and plain on purpose. Hyper-parameters are passed in on every step by the test, so the oracle

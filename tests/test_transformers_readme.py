@@ -1,4 +1,4 @@
-"""The README's "With transformers" examples run as written.
+"""The "With transformers" examples of the documentation (docs/transformers.md) run as written.
 
 The ``python`` blocks run in this process (``adabalance_hf`` is imported, so the names are
 registered, as ``adabalance-run`` registers them in a script's process); the ``bash`` block is
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from _hf_helpers import inner_optimizer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "transformers.md"
 
 
 def section() -> str:
-    text = README.read_text()
+    text = PAGE.read_text()
     start = text.index("<!-- section: transformers -->")
     return text[start : text.index("<!-- /section: transformers -->")]
 
@@ -41,7 +41,7 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     trainers = []
     for code in python:
         namespace: dict = {"__name__": "__readme__"}
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/transformers.md", "exec"), namespace)
         trainer = namespace["trainer"]
         assert trainer.state.global_step == trainer.args.max_steps
         trainers.append(trainer)

@@ -72,8 +72,8 @@ def check_optimizer_holds_trainable_parameters(
         ValueError: if the model has trainable parameters and the optimizer holds none of them.
 
     Warns:
-        UserWarning: if the optimizer holds some of them; it names how many are missing and the
-        first few.
+        UserWarning: if the optimizer holds some of them; it names how many are missing and
+            the first few.
     """
     engine = _engine_owns_parameters(args)
     if engine is not None or optimizer is None or model is None:
