@@ -1,82 +1,20 @@
 """Typed parsing of transformers' ``optim_args`` string for AdaBalance.
 
 transformers hands ``optim_args`` (``"key=value,key=value"``) to its optimizers as strings. This
-module converts each value to the type AdaBalance expects and rejects unknown keys and malformed
+module converts each value to the type AdaBalance expects (the keys and their conversions are
+those of ``adabalance_hf.optim.options.OPTIONS``) and rejects unknown keys and malformed
 values with an error that names the key, the value and the fix.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Callable
 from typing import Any
 
 from .optim import AdaBalance, AdaBalance8bit
+from .optim.options import OPTIONS, OPTIONS_BY_NAME
 
 __all__ = ["optim_args_keys", "parse_optim_args"]
-
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
-_NONE = {"none", "null"}
-
-
-def _to_float(key: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(
-            f"optim_args: {key}={text!r} is not a finite float; write a number such as "
-            f"{key}=0.05 or {key}=1e-3"
-        )
-    return value
-
-
-def _to_bool(key: str, text: str) -> bool:
-    lowered = text.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"optim_args: {key}={text!r} is not a bool; write {key}=true or {key}=false")
-
-
-def _to_positive_int(key: str, text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(
-            f"optim_args: {key}={text!r} is not a positive integer; write e.g. {key}=256"
-        )
-    return int(text)
-
-
-def _to_optional_bool(key: str, text: str) -> bool | None:
-    if text.lower() in _NONE:
-        return None
-    try:
-        return _to_bool(key, text)
-    except ValueError:
-        raise ValueError(
-            f"optim_args: {key}={text!r} is not a bool or none; write {key}=true, {key}=false "
-            f"or {key}=none"
-        ) from None
-
-
-# AdaBalance keyword -> converter. A key the installed AdaBalance does not accept (``fused``
-# before it exists) is not offered.
-_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
-    "final_lr": _to_float,
-    "gamma": _to_float,
-    "beta3": _to_float,
-    "amsbound": _to_bool,
-    "decoupled_weight_decay": _to_bool,
-    "maximize": _to_bool,
-    "foreach": _to_optional_bool,
-    "fused": _to_optional_bool,
-    "skip_nonfinite_grads": _to_bool,
-    "block_size": _to_positive_int,
-}
 
 # Hyper-parameters that have their own TrainingArguments field: setting them twice is an error.
 _OWN_FIELDS = {
@@ -97,7 +35,7 @@ def optim_args_keys(optimizer_cls: type = AdaBalance) -> tuple[str, ...]:
             keys exist. Default: :class:`~adabalance_hf.AdaBalance`
     """
     accepted = set(inspect.signature(optimizer_cls).parameters)
-    return tuple(key for key in _CONVERTERS if key in accepted)
+    return tuple(o.name for o in OPTIONS if o.optim_args and o.name in accepted)
 
 
 def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict[str, Any]:
@@ -155,8 +93,8 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
                 f"{_OWN_FIELDS[key]}, not through optim_args; remove {key}={value} from optim_args"
             )
         if key not in valid_keys:
-            only_8bit = key in _CONVERTERS and key in optim_args_keys(AdaBalance8bit)
-            hint = " (it belongs to the *_8bit and *_4bit names, e.g. optim=adabalance_4bit)"
+            only_8bit = key in optim_args_keys(AdaBalance8bit)
+            hint = " (it belongs to the *_8bit and *_4bit names, e.g. optim=adabalance_8bit)"
             hint *= only_8bit
             raise ValueError(
                 f"optim_args: unknown key {key!r} for {optimizer_cls.__name__}{hint}; valid "
@@ -164,5 +102,8 @@ def parse_optim_args(text: str | None, optimizer_cls: type = AdaBalance) -> dict
             )
         if key in parsed:
             raise ValueError(f"optim_args: key {key!r} is given more than once in {text!r}")
-        parsed[key] = _CONVERTERS[key](key, value)
+        try:
+            parsed[key] = OPTIONS_BY_NAME[key].from_string(value)
+        except ValueError as error:
+            raise ValueError(f"optim_args: {error}") from None
     return parsed

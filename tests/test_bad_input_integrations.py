@@ -34,7 +34,7 @@ def _cli(tmp_path, *extra: str) -> list[str]:
     ("extra", "flag", "words"),
     [
         (["--optim_args", "final_lr=0.05,foo=1"], "--optim_args 'final_lr=0.05,foo=1'",
-         ["unknown key 'foo'", "valid keys: final_lr"]),
+         ["unknown key 'foo'", "valid keys: beta3, final_lr, gamma"]),
         (["--optim_args", "final_lr=abc"], "--optim_args 'final_lr=abc'",
          ["final_lr='abc' is not a finite float", "=0.05"]),
         (["--optim_args", "betas=0.9"], "--optim_args 'betas=0.9'",

@@ -19,6 +19,7 @@ from adabalance_hf.optim._step_scalars import (
     kernel_scalars,
     step_scalars,
 )
+from adabalance_hf.optim.options import Hyper
 
 betas = st.floats(0.0, 0.9999)
 rates = st.floats(1e-6, 1.0)
@@ -70,8 +71,8 @@ def test_gamma_zero_turns_the_bounds_off() -> None:
 def _kernel(**overrides):
     kwargs = dict(lr=1e-3, base_lr=1e-3, beta1=0.9, beta2=0.999, beta3=0.99, final_lr=0.1,
                   gamma=1e-3, eps=1e-8, weight_decay=0.1, decoupled_weight_decay=False,
-                  maximize=False)  # fmt: skip
-    return kernel_scalars(5.0, **{**kwargs, **overrides})
+                  maximize=False, amsbound=False, stochastic_round=False)  # fmt: skip
+    return kernel_scalars(5.0, Hyper(**{**kwargs, **overrides}))
 
 
 def test_kernel_scalars_fold_the_step_and_the_bounds_in() -> None:
@@ -101,14 +102,14 @@ def test_complements_are_taken_in_float64_before_the_kernel_casts_them() -> None
 
 
 def test_the_kernel_vector_is_made_once_per_step_count_device_and_dtype() -> None:
-    hyper = dict(lr=1e-3, base_lr=1e-3, beta1=0.9, beta2=0.999, beta3=0.99, final_lr=0.1,
-                 gamma=1e-3, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-                 maximize=False)  # fmt: skip
-    cache = KernelScalarsCache(**hyper)
+    hyper = Hyper(lr=1e-3, base_lr=1e-3, beta1=0.9, beta2=0.999, beta3=0.99, final_lr=0.1,
+                  gamma=1e-3, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                  maximize=False, amsbound=False, stochastic_round=False)  # fmt: skip
+    cache = KernelScalarsCache(hyper)
     cpu = torch.device("cpu")
     first = cache.vector(3.0, cpu, torch.float32)
     assert cache.vector(3.0, cpu, torch.float32) is first  # one vector for a group's tensors
-    assert torch.equal(first, torch.tensor(kernel_scalars(3.0, **hyper), dtype=torch.float32))
+    assert torch.equal(first, torch.tensor(kernel_scalars(3.0, hyper), dtype=torch.float32))
     later = cache.vector(4.0, cpu, torch.float32)
-    assert torch.equal(later, torch.tensor(kernel_scalars(4.0, **hyper), dtype=torch.float32))
+    assert torch.equal(later, torch.tensor(kernel_scalars(4.0, hyper), dtype=torch.float32))
     assert cache.vector(3.0, cpu, torch.float64).dtype == torch.float64

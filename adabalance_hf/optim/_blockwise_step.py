@@ -27,6 +27,7 @@ from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
 from ._step_scalars import KernelScalarsCache
+from .options import Hyper
 
 __all__ = ["QuantizedTensors", "StateCodecs", "_blockwise_adabalance"]
 
@@ -180,35 +181,21 @@ def _blockwise_adabalance(
     codecs: list[StateCodecs],
     fused: bool,
     owner: str,
-    amsbound: bool,
-    lr: float,
-    base_lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    stochastic_round: bool,
+    hyper: Hyper,
 ) -> None:
     """One AdaBalance step of parameters whose state is block-wise low-bit.
 
     The lists are parallel, as in :func:`~adabalance_hf.optim.functional.adabalance`; the
     ``*_scales`` hold each code tensor's per-block scales, and ``codecs`` each tensor's
     :class:`StateCodecs`. Gradients must already be unscaled (GradScaler is handled by the
-    optimizer class). ``owner`` names the optimizer class in messages.
+    optimizer class). ``owner`` names the optimizer class in messages; ``hyper`` holds the
+    group's hyper-parameters (``options.hyper_of``).
     """
     if not params:
         return
     torch._foreach_add_(state_steps, 1)
-    vectors = KernelScalarsCache(
-        lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, beta3=beta3, final_lr=final_lr,
-        gamma=gamma, eps=eps, weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-    )  # fmt: skip
+    vectors = KernelScalarsCache(hyper)
+    amsbound = hyper.amsbound
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         rows = local_tensor(exp_avg_scales[i]).numel()
@@ -216,7 +203,7 @@ def _blockwise_adabalance(
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows)
         else:
-            bf16_rounding = stochastic_round and param.dtype == torch.bfloat16
+            bf16_rounding = hyper.stochastic_round and param.dtype == torch.bfloat16
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         tensors = QuantizedTensors(

@@ -31,6 +31,7 @@ from ._dtensor import local_tensor
 from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
 from ._step_scalars import HYPER, KernelScalarsCache
+from .options import Hyper
 
 __all__ = [
     "KernelTensors",
@@ -246,20 +247,8 @@ def _fused_adabalance(
     master_params: list[Tensor] | None,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
-    amsbound: bool,
+    hyper: Hyper,
     has_complex: bool,
-    lr: float,
-    base_lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    stochastic_round: bool,
 ) -> None:
     if has_complex:
         raise RuntimeError(
@@ -269,11 +258,8 @@ def _fused_adabalance(
     if not params:
         return
     torch._foreach_add_(state_steps, 1)
-    vectors = KernelScalarsCache(
-        lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, beta3=beta3, final_lr=final_lr,
-        gamma=gamma, eps=eps, weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-    )  # fmt: skip
+    vectors = KernelScalarsCache(hyper)
+    amsbound, stochastic_round = hyper.amsbound, hyper.stochastic_round
     # GradScaler's tensors, per device and compute dtype: 1 / grad_scale and found_inf.
     amp_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor | None, Tensor | None]] = {}
     # Concatenated copies of p, g, m, v, s (and max_exp_avg_sq, master) are the temporaries:
@@ -285,7 +271,7 @@ def _fused_adabalance(
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         dtype = compute_dtype(param.dtype)
         key = (step, param.device, dtype)
-        hyper = vectors.vector(step, param.device, dtype)
+        vector = vectors.vector(step, param.device, dtype)
         amp_key = (param.device, dtype)
         if amp_key not in amp_cache:
             amp_cache[amp_key] = _amp_tensors(grad_scale, found_inf, param.device, dtype)
@@ -319,11 +305,11 @@ def _fused_adabalance(
         )
         numel = tensors.param.numel()  # a DTensor's local shard: what the temporaries hold
         if numel >= _BATCH_NUMEL or numel > batch_budget:
-            _run_kernel(variant, tensors, hyper, *amp)
+            _run_kernel(variant, tensors, vector, *amp)
             continue
         batch, batch_numel = pending.get((variant, key), ([], 0))
         if batch_numel + numel > batch_budget:
-            _run_batched(variant, batch, hyper, amp)
+            _run_batched(variant, batch, vector, amp)
             batch, batch_numel = [], 0
         batch.append(tensors)
         pending[(variant, key)] = (batch, batch_numel + numel)

@@ -6,7 +6,6 @@ codes' width per state (``state_bits``, read in ``_blockwise_state.CODECS``) and
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, ClassVar
 
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
+from . import _kinds, options
 from ._blockwise_state import (
     CODECS,
     MIN_QUANTIZED_NUMEL,
@@ -27,7 +27,6 @@ from ._blockwise_state import (
     tensor_block_size,
 )
 from ._blockwise_step import StateCodecs, _blockwise_adabalance
-from ._group_options import group_hyperparameters
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
 from .adabalance import AdaBalance
 
@@ -39,21 +38,12 @@ _FALLBACK_WARNING_SHARE = 0.05
 
 
 def check_block_size(block_size: Any, where: str, even: bool = False) -> int:
-    """Return ``block_size`` if it is a positive (``even``: even) integer, else raise saying so."""
-    if (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, numbers.Integral)
-        or block_size < 1
-        or (even and block_size % 2)
-    ):
-        kind = "a positive even integer (two 4-bit codes share a byte)" if even else (
-            "a positive integer")  # fmt: skip
-        raise ValueError(
-            f"{where}: Invalid block_size: {block_size!r}; it must be {kind}: the number of "
-            f"elements that share one scale, e.g. block_size=128. Parameters whose last "
-            f"dimension is a multiple of it get low-bit state"
-        )
-    return int(block_size)
+    """Return ``block_size`` if it is a positive (``even``: even) integer, else raise saying so,
+    naming ``where``."""
+    try:
+        return _kinds.check_block_size(block_size, even=even)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 class LowBitAdaBalance(AdaBalance):
@@ -86,6 +76,8 @@ class LowBitAdaBalance(AdaBalance):
         bf16_stochastic_round: bool = False,
         skip_nonfinite_grads: bool = False,
     ) -> None:
+        arguments = options.option_arguments(locals())  # the table's options, by name
+        block_size = arguments.pop("block_size")
         self._block_size = check_block_size(block_size, self._name(), self._packs())
         if foreach:
             raise ValueError(
@@ -94,24 +86,7 @@ class LowBitAdaBalance(AdaBalance):
                 f"fused=False (the same arithmetic, eagerly)"
             )
         self._fallback_checked = False
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            beta3=beta3,
-            final_lr=final_lr,
-            gamma=gamma,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsbound=amsbound,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-            foreach=False,
-            fused=fused is not False,
-            master_weights=master_weights,
-            bf16_stochastic_round=bf16_stochastic_round,
-            skip_nonfinite_grads=skip_nonfinite_grads,
-        )
+        super().__init__(params, **{**arguments, "foreach": False, "fused": fused is not False})
 
     @classmethod
     def _name(cls) -> str:
@@ -144,7 +119,8 @@ class LowBitAdaBalance(AdaBalance):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_fallback_checked", True)
-        self.__dict__.setdefault("_block_size", self.defaults.get("block_size", 128))
+        default = options.OPTIONS_BY_NAME["block_size"].default
+        self.__dict__.setdefault("_block_size", self.defaults.get("block_size", default))
 
     def _block(self, param: Tensor, block_size: int) -> int | None:
         """The block of ``param``'s new low-bit state, or None if it keeps fp32 state."""
@@ -249,7 +225,7 @@ class LowBitAdaBalance(AdaBalance):
             master_params=masters,
             fused=group["fused"],
             owner=self._name(),
-            **group_hyperparameters(group),
+            hyper=options.hyper_of(group),
         )
 
     def _warn_about_fp32_state(self) -> None:
@@ -300,3 +276,6 @@ class LowBitAdaBalance(AdaBalance):
 
     def _has_own_bits(self, state: dict[str, Any]) -> bool:
         return all(self.state_bits[key] == bits for key, bits in saved_bits(state).items())
+
+
+options.check_signature(LowBitAdaBalance.__init__, low_bit=True)

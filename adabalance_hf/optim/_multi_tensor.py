@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _view_as_real
 
 from ._precision import compute_dtype, write_back
-from ._step_scalars import StepScalars, step_scalars
+from ._step_scalars import StepScalars, step_scalars_of
+from .options import Hyper
 
 __all__ = ["_multi_tensor_adabalance", "chunk_bounds", "transient_budget"]
 
@@ -59,20 +60,8 @@ def _multi_tensor_adabalance(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    amsbound: bool,
+    hyper: Hyper,
     has_complex: bool,
-    lr: float,
-    base_lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    stochastic_round: bool,
 ) -> None:
     if len(params) == 0:
         return
@@ -104,23 +93,12 @@ def _multi_tensor_adabalance(
 
         if has_complex:
             state_lists = [device_grads, device_exp_avgs, device_exp_avg_sqs, device_exp_avg_lrs]
-            if amsbound:
+            if hyper.amsbound:
                 state_lists.append(device_max_exp_avg_sqs)
             _view_as_real(device_params, *state_lists)
 
         torch._foreach_add_(device_state_steps, 1)
-        scalars = [
-            step_scalars(
-                step.item(),
-                lr=lr,
-                base_lr=base_lr,
-                beta1=beta1,
-                beta2=beta2,
-                final_lr=final_lr,
-                gamma=gamma,
-            )
-            for step in device_state_steps
-        ]
+        scalars = [step_scalars_of(step.item(), hyper) for step in device_state_steps]
         for start, end in chunk_bounds([p.numel() for p in device_params], budget):
             _step_chunk(
                 params=device_params[start:end],
@@ -128,20 +106,12 @@ def _multi_tensor_adabalance(
                 exp_avgs=device_exp_avgs[start:end],
                 exp_avg_sqs=device_exp_avg_sqs[start:end],
                 exp_avg_lrs=device_exp_avg_lrs[start:end],
-                max_exp_avg_sqs=device_max_exp_avg_sqs[start:end] if amsbound else None,
+                max_exp_avg_sqs=device_max_exp_avg_sqs[start:end] if hyper.amsbound else None,
                 master_params=(
                     device_master_params[start:end] if device_master_params is not None else None
                 ),
                 scalars=scalars[start:end],
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                beta3=beta3,
-                eps=eps,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-                stochastic_round=stochastic_round,
+                hyper=hyper,
             )
 
 
@@ -155,16 +125,10 @@ def _step_chunk(
     max_exp_avg_sqs: list[Tensor] | None,
     master_params: list[Tensor] | None,
     scalars: list[StepScalars],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    stochastic_round: bool,
+    hyper: Hyper,
 ) -> None:
+    weight_decay, decoupled_weight_decay = hyper.weight_decay, hyper.decoupled_weight_decay
+    maximize = hyper.maximize
     low_precision = params[0].dtype != compute_dtype(params[0].dtype)
     if master_params is not None:
         targets = master_params
@@ -174,7 +138,7 @@ def _step_chunk(
         targets = params
 
     if weight_decay != 0 and decoupled_weight_decay:
-        torch._foreach_mul_(targets, 1 - lr * weight_decay)
+        torch._foreach_mul_(targets, 1 - hyper.lr * weight_decay)
 
     # One temporary list at a time per chunk (each is dropped before the next is made): a
     # private copy of the gradients where they must change (sign, L2 term, dtype), then the
@@ -190,9 +154,9 @@ def _step_chunk(
     if l2:
         torch._foreach_add_(effective_grads, targets, alpha=weight_decay)
 
-    torch._foreach_lerp_(exp_avgs, effective_grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, effective_grads, effective_grads, 1 - beta2)
+    torch._foreach_lerp_(exp_avgs, effective_grads, 1 - hyper.beta1)
+    torch._foreach_mul_(exp_avg_sqs, hyper.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, effective_grads, effective_grads, 1 - hyper.beta2)
     del effective_grads
 
     if max_exp_avg_sqs is not None:
@@ -204,12 +168,12 @@ def _step_chunk(
     buffers = torch._foreach_sqrt(second_moments)
     if max_exp_avg_sqs is None:
         torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
-    torch._foreach_add_(buffers, eps)
+    torch._foreach_add_(buffers, hyper.eps)
 
     # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom: one lerp pass over s.
     torch._foreach_reciprocal_(buffers)
     torch._foreach_mul_(buffers, [s.step_size for s in scalars])
-    torch._foreach_lerp_(exp_avg_lrs, buffers, 1 - beta3)
+    torch._foreach_lerp_(exp_avg_lrs, buffers, 1 - hyper.beta3)
 
     del buffers
     buffers = torch._foreach_clamp_min(exp_avg_lrs, [s.lower for s in scalars])
@@ -218,4 +182,4 @@ def _step_chunk(
 
     if low_precision:
         for param, target in zip(params, targets, strict=True):
-            write_back(param, target, stochastic_round)
+            write_back(param, target, hyper.stochastic_round)

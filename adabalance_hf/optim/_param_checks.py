@@ -69,7 +69,7 @@ def _tensors_of(param_group: dict[str, Any], group_index: int) -> list:
 
 
 def check_new_param_group(
-    param_group: Any, param_groups: list[dict[str, Any]], *, differentiable: bool = False
+    param_group: Any, param_groups: list[dict[str, Any]], defaults: dict[str, Any]
 ) -> None:
     """Check the tensors of a param group before it is added to ``param_groups``.
 
@@ -79,10 +79,11 @@ def check_new_param_group(
     Args:
         param_group (dict): the group being added.
         param_groups (list of dict): the optimizer's current groups.
-        differentiable (bool, optional): the optimizer's ``differentiable`` default (non-leaf
-            tensors are allowed then, as in torch). Default: ``False``
+        defaults (dict): the optimizer's defaults: with ``differentiable``, non-leaf tensors are
+            allowed (as in torch); a ``fused`` group's tensors must be floating point.
 
     Raises:
+        RuntimeError: a fused group holds a tensor that is not floating point.
         TypeError: the group is not a dict, or holds something that is not a tensor.
         ValueError: a non-leaf tensor, a tensor twice in the group or already in another
             group, or trainable tensors on different device types.
@@ -97,6 +98,8 @@ def check_new_param_group(
         return  # torch's own error names the fix (use a list: a set has no stable order)
     tensors = _tensors_of(param_group, group_index)
     where = f"param group {group_index}"
+    differentiable = bool(defaults.get("differentiable", False))
+    fused = param_group.get("fused", defaults.get("fused")) is True
     first_seen: dict[Tensor, int] = {}
     first_trainable: int | None = None
     for position, param in enumerate(tensors):
@@ -105,6 +108,11 @@ def check_new_param_group(
                 f"AdaBalance can only optimize tensors: parameter {position} of {where} is a "
                 f"{type(param).__name__} ({param!r:.60}); pass model.parameters(), "
                 f"model.named_parameters() or a list of tensors"
+            )
+        if fused and not param.is_floating_point():
+            raise RuntimeError(
+                f"AdaBalance(fused=True) needs floating-point parameters; parameter {position} "
+                f"of {where} is {param.dtype}. Use foreach=True or fused=False."
             )
         if not differentiable and not (param.is_leaf or param.retains_grad):
             raise ValueError(

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from ._precision import compute_dtype, write_back
-from ._step_scalars import step_scalars
+from ._step_scalars import step_scalars_of
+from .options import Hyper
 
 __all__ = ["_single_tensor_adabalance"]
 
@@ -21,21 +22,11 @@ def _single_tensor_adabalance(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     master_params: list[Tensor] | None,
-    amsbound: bool,
+    hyper: Hyper,
     has_complex: bool,
-    lr: float,
-    base_lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    stochastic_round: bool,
 ) -> None:
+    amsbound, lr, eps, weight_decay = hyper.amsbound, hyper.lr, hyper.eps, hyper.weight_decay
+    decoupled_weight_decay, maximize = hyper.decoupled_weight_decay, hyper.maximize
     for i, param in enumerate(params):
         grad = grads[i]
         exp_avg = exp_avgs[i]
@@ -45,15 +36,7 @@ def _single_tensor_adabalance(
         step_t = state_steps[i]
 
         step_t += 1
-        scalars = step_scalars(
-            step_t.item(),
-            lr=lr,
-            base_lr=base_lr,
-            beta1=beta1,
-            beta2=beta2,
-            final_lr=final_lr,
-            gamma=gamma,
-        )
+        scalars = step_scalars_of(step_t.item(), hyper)
 
         # The tensor the arithmetic updates: the parameter itself, its fp32 master copy, or a
         # temporary fp32 copy of a low-precision parameter that has no master copy.
@@ -90,8 +73,8 @@ def _single_tensor_adabalance(
         else:
             buffer = torch.empty_like(target)
 
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg.lerp_(grad, 1 - hyper.beta1)
+        exp_avg_sq.mul_(hyper.beta2).addcmul_(grad, grad, value=1 - hyper.beta2)
 
         if max_exp_avg_sq is not None:
             # The reference divides by sqrt(1 - beta2**t) only without amsbound; kept for parity.
@@ -103,12 +86,12 @@ def _single_tensor_adabalance(
 
         # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom: one lerp pass over s.
         buffer.reciprocal_().mul_(scalars.step_size)
-        exp_avg_lr.lerp_(buffer, 1 - beta3)
+        exp_avg_lr.lerp_(buffer, 1 - hyper.beta3)
 
         torch.clamp(exp_avg_lr, scalars.lower, scalars.upper, out=buffer)
         target.addcmul_(buffer, exp_avg, value=-1)
 
         if low_precision:
-            write_back(param, target, stochastic_round)
+            write_back(param, target, hyper.stochastic_round)
         # Free this tensor's temporaries before the next tensor allocates its own.
         del buffer, grad, target

@@ -26,6 +26,7 @@ from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 from ._blockwise_state import STATE_KEYS, is_quantized_state, saved_codes, state_codec
 from ._precision import full_precision_state
 from ._validation import validate_hyperparameters
+from .options import REFERENCE_KEYS
 
 __all__ = [
     "REQUIRED_GROUP_KEYS",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 REQUIRED_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "exp_avg_lr")
-REQUIRED_GROUP_KEYS = ("lr", "betas", "beta3", "final_lr", "gamma", "eps", "weight_decay")
+REQUIRED_GROUP_KEYS = REFERENCE_KEYS  # the reference code's options: in every AdaBalance group
 _PER_ELEMENT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq", "master_param")
 _PREFIX = "AdaBalance.load_state_dict"
 _NOT_OURS = (

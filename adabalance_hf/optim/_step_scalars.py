@@ -7,9 +7,12 @@ schedule of the paper is written once; :class:`KernelScalars` names the fused ke
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from .options import Hyper
 
 __all__ = [
     "HYPER",
@@ -19,6 +22,7 @@ __all__ = [
     "final_rate",
     "kernel_scalars",
     "step_scalars",
+    "step_scalars_of",
 ]
 
 
@@ -96,6 +100,24 @@ def step_scalars(
     )
 
 
+def step_scalars_of(step: float, hyper: Hyper) -> StepScalars:
+    """:func:`step_scalars` with a group's hyper-parameters (``options.hyper_of``).
+
+    Args:
+        step (float): the tensor's step count after this step's increment.
+        hyper (Hyper): the group's hyper-parameters.
+    """
+    return step_scalars(
+        step,
+        lr=hyper.lr,
+        base_lr=hyper.base_lr,
+        beta1=hyper.beta1,
+        beta2=hyper.beta2,
+        final_lr=hyper.final_lr,
+        gamma=hyper.gamma,
+    )
+
+
 class KernelScalars(NamedTuple):
     """The hyper-parameter vector of one kernel call; the field order is the vector's layout.
 
@@ -136,38 +158,28 @@ class KernelScalars(NamedTuple):
 HYPER = KernelScalars(*range(len(KernelScalars._fields)))
 
 
-def kernel_scalars(
-    step: float,
-    *,
-    lr: float,
-    base_lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-) -> KernelScalars:
-    """The kernel's hyper-parameters for tensors at step count ``step`` (after its increment)."""
-    s = step_scalars(
-        step, lr=lr, base_lr=base_lr, beta1=beta1, beta2=beta2, final_lr=final_lr, gamma=gamma
-    )
+def kernel_scalars(step: float, hyper: Hyper) -> KernelScalars:
+    """The kernel's hyper-parameters for tensors at step count ``step`` (after its increment).
+
+    Args:
+        step (float): the tensors' step count after this step's increment.
+        hyper (Hyper): the group's hyper-parameters (``options.hyper_of``).
+    """
+    s = step_scalars_of(step, hyper)
+    decoupled = hyper.decoupled_weight_decay
     return KernelScalars(
-        eta_scale=(1 - beta3) * s.step_size,
+        eta_scale=(1 - hyper.beta3) * s.step_size,
         bias_correction2_sqrt=s.bias_correction2_sqrt,
         lower=s.lower,
         upper=s.upper,
-        one_minus_beta1=1 - beta1,
-        beta2=beta2,
-        one_minus_beta2=1 - beta2,
-        beta3=beta3,
-        eps=eps,
-        l2=weight_decay if not decoupled_weight_decay else 0.0,
-        decay=1 - lr * weight_decay if decoupled_weight_decay else 1.0,
-        grad_sign=-1.0 if maximize else 1.0,
+        one_minus_beta1=1 - hyper.beta1,
+        beta2=hyper.beta2,
+        one_minus_beta2=1 - hyper.beta2,
+        beta3=hyper.beta3,
+        eps=hyper.eps,
+        l2=hyper.weight_decay if not decoupled else 0.0,
+        decay=1 - hyper.lr * hyper.weight_decay if decoupled else 1.0,
+        grad_sign=-1.0 if hyper.maximize else 1.0,
     )
 
 
@@ -176,10 +188,10 @@ class KernelScalarsCache:
     dtype (the tensors of a group usually share one step count, so one vector).
 
     Args:
-        **hyper: the keyword arguments of :func:`kernel_scalars` other than ``step``.
+        hyper (Hyper): the group's hyper-parameters (``options.hyper_of``).
     """
 
-    def __init__(self, **hyper: float | bool) -> None:
+    def __init__(self, hyper: Hyper) -> None:
         self._hyper = hyper
         self._vectors: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -187,6 +199,6 @@ class KernelScalarsCache:
         """The vector for tensors at step count ``step`` (after its increment)."""
         key = (step, device, dtype)
         if key not in self._vectors:
-            scalars = kernel_scalars(step, **self._hyper)  # type: ignore[arg-type]
+            scalars = kernel_scalars(step, self._hyper)
             self._vectors[key] = torch.tensor(scalars, dtype=dtype, device=device)
         return self._vectors[key]

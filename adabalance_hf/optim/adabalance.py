@@ -15,15 +15,9 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from . import options
 from ._blockwise_state import dequantize_state, is_quantized_state
-from ._group_options import OPTION_DEFAULTS, as_float, group_hyperparameters
-from ._nonfinite import (
-    OPTION,
-    SKIP_COUNT_KEY,
-    restore_nonfinite_keys,
-    skip_count,
-    skip_nonfinite_step,
-)
+from ._nonfinite import SKIP_COUNT_KEY, restore_nonfinite_keys, skip_count, skip_nonfinite_step
 from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
 from ._state_dict_checks import load_between_hooks
@@ -162,25 +156,9 @@ class AdaBalance(Optimizer):
         bf16_stochastic_round: bool = False,
         skip_nonfinite_grads: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            beta3=beta3,
-            final_lr=final_lr,
-            gamma=gamma,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsbound=amsbound,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-            master_weights=master_weights,
-            bf16_stochastic_round=bf16_stochastic_round,
-            differentiable=False,
-            skip_nonfinite_grads=skip_nonfinite_grads,
-        )
-        defaults.update(self._subclass_defaults())
+        # The signature is explicit (for IDEs and inspect.signature); options.OPTIONS holds the
+        # same names and defaults, checked at import (check_signature below).
+        defaults = {**options.group_defaults(locals()), **self._subclass_defaults()}
         validate_hyperparameters(defaults)
         defaults[SKIP_COUNT_KEY] = 0  # a count, not an option: see nonfinite_steps_skipped
         if fused and foreach:
@@ -194,22 +172,11 @@ class AdaBalance(Optimizer):
             param_group (dict): the parameters under ``"params"`` and any per-group options.
                 A ``"base_lr"`` given here is kept; otherwise it is the group's ``lr``.
         """
-        check_new_param_group(
-            param_group, self.param_groups, differentiable=bool(self.defaults["differentiable"])
-        )
+        check_new_param_group(param_group, self.param_groups, self.defaults)
         validate_param_group(param_group, self.defaults, len(self.param_groups))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group["fused"]:
-            for position, param in enumerate(group["params"]):
-                if not param.is_floating_point():
-                    self.param_groups.pop()
-                    raise RuntimeError(
-                        f"AdaBalance(fused=True) needs floating-point parameters; parameter "
-                        f"{position} of param group {len(self.param_groups)} is {param.dtype}. "
-                        f"Use foreach=True or fused=False."
-                    )
-        group.setdefault("base_lr", as_float(group["lr"]))
+        group.setdefault("base_lr", options.as_float(group["lr"]))
         if group["base_lr"] == 0.0 and group["final_lr"] != 0.0:
             warnings.warn(
                 f"AdaBalance param group {len(self.param_groups) - 1} starts with lr=0, so its "
@@ -223,11 +190,11 @@ class AdaBalance(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            for option, default in OPTION_DEFAULTS.items():
+            for option, default in options.UPGRADE_DEFAULTS.items():  # options added since
                 group.setdefault(option, default)
             # A state dict of the reference code has no base_lr: a scheduler's initial_lr is the
             # best record of the construction-time rate, else the current lr.
-            group.setdefault("base_lr", as_float(group.get("initial_lr", group["lr"])))
+            group.setdefault("base_lr", options.as_float(group.get("initial_lr", group["lr"])))
             for param in group["params"]:
                 param_state = self.state.get(param, {})
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
@@ -268,7 +235,7 @@ class AdaBalance(Optimizer):
             self,
             state_dict,
             super().load_state_dict,
-            kept_group_keys=(OPTION, *self._subclass_defaults()),
+            kept_group_keys=[key for key in options.KEPT_ON_LOAD if key in self.defaults],
             convert=self._convert_loaded_state,
         )
 
@@ -371,13 +338,13 @@ class AdaBalance(Optimizer):
         tensors, master_params, low_precision, has_complex = self._init_group(group)
         if not tensors.params:
             return
-        options = dict(
+        arguments = dict(
             foreach=group["foreach"],
             fused=group["fused"],
             grad_scale=grad_scale,
             found_inf=found_inf,
             has_complex=has_complex,
-            **group_hyperparameters(group),
+            **options.hyper_of(group)._asdict(),
         )
         # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
         native = [not low for low in low_precision]
@@ -397,7 +364,7 @@ class AdaBalance(Optimizer):
                 max_exp_avg_sqs=part.max_exp_avg_sqs,
                 state_steps=part.state_steps,
                 master_params=masters,
-                **options,
+                **arguments,
             )
 
     def _subclass_defaults(self) -> dict[str, Any]:
@@ -419,3 +386,6 @@ class AdaBalance(Optimizer):
         with none, and its first step validates everything once.
         """
         return self.__dict__.setdefault("_hyperparameters_found_valid", [])
+
+
+options.check_signature(AdaBalance.__init__)

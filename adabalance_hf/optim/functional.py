@@ -11,6 +11,7 @@ from torch.optim.optimizer import _default_to_fused_or_foreach, _foreach_support
 from ._fused import _fused_adabalance, fused_kernel_supports
 from ._multi_tensor import _multi_tensor_adabalance
 from ._single_tensor import _single_tensor_adabalance
+from .options import Hyper
 
 __all__ = ["StepTensors", "adabalance"]
 
@@ -150,9 +151,7 @@ def adabalance(
         )
     if fused and foreach:
         raise RuntimeError("AdaBalance: `foreach` and `fused` cannot both be True; pick one")
-    hyper = dict(
-        amsbound=amsbound,
-        has_complex=has_complex,
+    hyper = Hyper(
         lr=lr,
         base_lr=base_lr,
         beta1=beta1,
@@ -162,10 +161,12 @@ def adabalance(
         gamma=gamma,
         eps=eps,
         weight_decay=weight_decay,
+        amsbound=amsbound,
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
         stochastic_round=stochastic_round,
     )
+    paths = dict(hyper=hyper, has_complex=has_complex)  # what every path takes besides tensors
     tensors = StepTensors(
         params=params,
         grads=grads,
@@ -186,7 +187,7 @@ def adabalance(
             _single_tensor_adabalance(
                 **tensors.select(rest)._asdict(),
                 master_params=None if master_params is None else _select(master_params, rest),
-                **hyper,
+                **paths,
             )
             tensors = tensors.select(fusable)
             if master_params is not None:
@@ -196,7 +197,7 @@ def adabalance(
             master_params=master_params,
             grad_scale=grad_scale,
             found_inf=found_inf,
-            **hyper,
+            **paths,
         )
         return
     if not _unscale_on_host(grads, grad_scale, found_inf):
@@ -205,6 +206,6 @@ def adabalance(
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     if foreach:
         _check_foreach_supported(params)
-        _multi_tensor_adabalance(**tensors._asdict(), master_params=master_params, **hyper)
+        _multi_tensor_adabalance(**tensors._asdict(), master_params=master_params, **paths)
     else:
-        _single_tensor_adabalance(**tensors._asdict(), master_params=master_params, **hyper)
+        _single_tensor_adabalance(**tensors._asdict(), master_params=master_params, **paths)
