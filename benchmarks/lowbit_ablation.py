@@ -12,9 +12,11 @@ on ``test.txt`` and reports the perplexity on ``valid.txt``, once per variant:
   ``8`` or ``4`` (the 8-/4-bit optimizer's code of that state), ``eXmY`` (a 4-bit float with
   ``X`` exponent and ``Y`` mantissa bits, a sign bit for ``m``), ``eXmYnz`` (the same without
   a zero code) or ``lin`` (16 equal steps, no zero). A code rounds as its optimizer rounds that
-  state; a suffix ``!n`` rounds to nearest, ``!s`` stochastically. ``fake-nearest:<states>``
-  rounds every listed state to nearest. Examples: ``fake:m,v`` (8-bit), ``fake:v=4``,
-  ``fake:s=e4m0!s``.
+  state; a suffix ``!n`` rounds to nearest, ``!s`` stochastically, ``!g`` stochastically with
+  low-discrepancy draws (each element's draws step by 1/golden ratio from a random start).
+  ``fake-nearest:<states>`` rounds every listed state to nearest; ``@N`` after a code: blocks
+  of ``N`` (default 128).
+  Examples: ``fake:m,v`` (8-bit), ``fake:v=4``, ``fake:s=e4m0!s``, ``fake:m=4@32``; ``4bit@32``.
 
 Words are the tokens (WikiText-2 is tokenized): the 8,191 most frequent words of the training
 text and one unknown token, so the run needs no tokenizer training and no download::
@@ -87,34 +89,41 @@ def parse_codec(state: str, spec: str, nearest: bool) -> Codec:
         raise SystemExit(f"unknown code {spec!r} for state {state}")
     if nearest or rounding == "n":
         return dataclasses.replace(codec, stochastic=False)
-    return dataclasses.replace(codec, stochastic=True) if rounding == "s" else codec
+    return dataclasses.replace(codec, stochastic=True) if rounding in "sg" else codec
 
 
-def fake_codecs(variant: str) -> dict[str, Codec]:
-    """State key -> codec of a ``fake:``/``fake-nearest:`` variant."""
+def fake_codecs(variant: str) -> dict[str, tuple[Codec, int, bool]]:
+    """State key -> (codec, block size, low-discrepancy noise) of a ``fake:`` variant."""
     kind, _, listed = variant.partition(":")
     codecs = {}
     for item in listed.split(","):
         state, _, spec = item.partition("=")
-        codecs[STATE_KEYS[state]] = parse_codec(state, spec, kind == "fake-nearest")
+        spec, _, block = spec.partition("@")
+        codec = parse_codec(state, spec, kind == "fake-nearest")
+        codecs[STATE_KEYS[state]] = (codec, int(block or 128), spec.endswith("!g"))
     return codecs
 
 
-def round_states(optimizer: AdaBalance, codecs: dict[str, Codec]) -> None:
+def round_states(optimizer: AdaBalance, codecs: dict[str, tuple[Codec, int, bool]]) -> None:
     """Round the given states of every blockable tensor through their codecs."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param)
-            block = tensor_block_size(param, 128)
-            if not state or block is None:
+            if not state or tensor_block_size(param, 128) is None:
                 continue
-            index = torch.arange(param.numel()).view(-1, block)
-            hashed = rounding_noise(index, step_seed(int(state["step"])))
+            index = torch.arange(param.numel())
+            step = int(state["step"])
+            hashed = rounding_noise(index, step_seed(step))
             fields = [*noise_fields(hashed), *noise_fields(rounding_noise(hashed, 1))]
-            for i, (key, codec) in enumerate(codecs.items()):
+            start = rounding_noise(index, 0)
+            starts = [*noise_fields(start), *noise_fields(rounding_noise(start, 1))]
+            for i, (key, (codec, block_size, golden)) in enumerate(codecs.items()):
+                if golden:  # an additive recurrence: successive draws spread evenly
+                    fields[i] = (starts[i] + step * 40503) & 0xFFFF
+                block = tensor_block_size(param, block_size)
                 values = state[key].view(-1, block)
                 scale = codec.scale_of(values)
-                noise = codec.noise(fields[i]) if codec.stochastic else None
+                noise = codec.noise(fields[i].view(-1, block)) if codec.stochastic else None
                 values.copy_(codec.decode(codec.encode(values, scale, noise), scale))
 
 
@@ -127,10 +136,13 @@ def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kind = variant.partition(":")[0]
+    kind, _, block = variant.partition(":")[0].partition("@")
     common = dict(HYPER, decoupled_weight_decay=True)
     classes = {"8bit": AdaBalance8bit, "4bit": AdaBalance4bit}
-    optimizer = classes.get(kind, AdaBalance)(groups, **common)
+    if kind in classes:
+        optimizer = classes[kind](groups, **common, block_size=int(block or 128))
+    else:
+        optimizer = AdaBalance(groups, **common)
     codecs = fake_codecs(variant) if kind.startswith("fake") else {}
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min((t + 1) / 30, max(0.0, (steps - t) / (steps - 30)))

@@ -218,6 +218,7 @@ def _regression(optimizer_cls: type, steps: int = 150, **kwargs: object) -> floa
     return loss.item()
 
 
+@pytest.mark.slow  # a quality measurement: the one-step oracle tests above are the quick check
 def test_trains_as_well_as_fp32_state_on_a_regression() -> None:
     fp32 = _regression(AdaBalance)
     eight_bit = _regression(AdaBalance8bit, **EAGER)
@@ -338,7 +339,7 @@ def test_a_damaged_8bit_state_dict_is_refused_before_anything_loads(key, damage,
     assert torch.equal(optimizer.state[params[0]]["exp_avg"], before)
 
 
-@pytest.mark.parametrize("block_size", [0, -8, 2.5, True, "128", None])
+@pytest.mark.parametrize("block_size", [0, -8, 2.5, True, "128"])
 def test_an_invalid_block_size_is_an_error_naming_it(block_size) -> None:
     with pytest.raises(ValueError, match=r"block_size: .* positive integer"):
         AdaBalance8bit(_params(), block_size=block_size)

@@ -60,8 +60,11 @@ def test_a_signature_that_drifts_from_the_table_fails_at_import() -> None:
 def test_defaults_of_a_built_optimizer_are_the_table_defaults() -> None:
     optimizer = AdaBalance8bit([torch.zeros(2, requires_grad=True)], fused=False)
     for option in OPTIONS:
-        if option.role != "record" and option.name not in ("foreach", "fused"):
+        if option.role != "record" and option.name not in ("foreach", "fused", "block_size"):
             assert optimizer.defaults[option.name] == option.default, option.name
+    # None in the table: the class's own default, resolved at construction.
+    assert optimizer.defaults["block_size"] == AdaBalance8bit.default_block_size == 128
+    assert AdaBalance4bit([torch.zeros(2, requires_grad=True)]).defaults["block_size"] == 32
 
 
 def test_a_group_saved_with_the_reference_keys_only_gets_the_table_defaults() -> None:

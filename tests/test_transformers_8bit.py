@@ -1,4 +1,5 @@
-"""The *_8bit optimizer names in the Trainer: the optimizer they build, resume, diagnostics."""
+"""The *_8bit and *_4bit optimizer names in the Trainer: the optimizer they build, resume,
+diagnostics."""
 
 from __future__ import annotations
 
@@ -90,15 +91,17 @@ def test_block_size_on_a_name_without_8bit_state_says_which_names_take_it(tmp_pa
         build(tmp_path, "adabalancew", "block_size=64", save=False)  # at construction
 
 
-def test_a_trainer_resumed_from_its_checkpoint_ends_bitwise_where_one_run_ends(tmp_path):
-    straight = build(tmp_path / "straight", "adabalancew_8bit", EAGER, save=False)
+@pytest.mark.parametrize(("optim", "code_dtype"), [("adabalancew_8bit", torch.int8),
+                                                   ("adabalancew_4bit", torch.uint8)])  # fmt: skip
+def test_a_trainer_resumed_from_its_checkpoint_ends_bitwise_where_one_run_ends(
+    tmp_path, optim, code_dtype
+):
+    straight = build(tmp_path / "straight", optim, EAGER, save=False)
     straight.train()
-    first = build(tmp_path / "halves", "adabalancew_8bit", EAGER, save=True,
-                  callbacks=[StopAt(N)])  # fmt: skip
+    first = build(tmp_path / "halves", optim, EAGER, save=True, callbacks=[StopAt(N)])
     first.train()
     counter = CountSteps()
-    second = build(tmp_path / "halves", "adabalancew_8bit", EAGER, save=False,
-                   callbacks=[counter])  # fmt: skip
+    second = build(tmp_path / "halves", optim, EAGER, save=False, callbacks=[counter])
     second.train(resume_from_checkpoint=str(tmp_path / "halves" / f"checkpoint-{N}"))
     assert counter.steps == N
     for (name, a), (_, b) in zip(
@@ -107,7 +110,7 @@ def test_a_trainer_resumed_from_its_checkpoint_ends_bitwise_where_one_run_ends(t
         assert torch.equal(a, b), name
     state_a = inner_optimizer(straight).state_dict()["state"]
     state_b = inner_optimizer(second).state_dict()["state"]
-    assert state_b[0]["exp_avg"].dtype == torch.int8
+    assert state_b[0]["exp_avg"].dtype == code_dtype
     assert_same_state(state_a, state_b, "state")
 
 

@@ -26,6 +26,7 @@ from adabalance_hf import (
     FINE_TUNING_DEFAULTS,
     PAPER_OPTIM_ARGS,
     AdaBalance,
+    AdaBalance4bit,
     AdaBalance8bit,
     AdaBalanceTrainer,
     adabalance_optimizer_kwargs,
@@ -46,6 +47,8 @@ VARIANTS = {
     "adabalancew_fused": (AdaBalance, {"decoupled_weight_decay": True, "fused": True}),
     "adabalance_8bit": (AdaBalance8bit, {}),
     "adabalancew_8bit": (AdaBalance8bit, {"decoupled_weight_decay": True}),
+    "adabalance_4bit": (AdaBalance4bit, {}),
+    "adabalancew_4bit": (AdaBalance4bit, {"decoupled_weight_decay": True}),
 }
 FULL_OPTIM_ARGS = "final_lr=0.05,gamma=1e-3,beta3=0.999,amsbound=true,decoupled_weight_decay=true"
 
@@ -382,6 +385,7 @@ CHECK = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first",
     [

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._codecs import Codec, FloatCode, LinearCode
+from ._codecs import Codec, FloatCode
 from ._dtensor import local_tensor
 
 __all__ = [
@@ -47,9 +47,11 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq")
 
 #: The codec of each state at each width. ``exp_avg`` rounds to nearest; ``exp_avg_sq`` and
 #: ``exp_avg_lr`` stochastically (their averages move by less than a code step per step);
-#: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits ``exp_avg`` is E2M1 (the FP4
-#: of the MX and NVFP4 formats), the second moments the zero-free linear map of Li et al. (2023)
-#: and ``exp_avg_lr``, which spans orders of magnitude, a 3-exponent-bit float.
+#: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits ``exp_avg`` is a sign and a
+#: float with 2 exponent and 1 mantissa bits (E2M1, as the FP4 element of the MX formats but
+#: without its subnormal), the second moments an unsigned float with 3 exponent and 1 mantissa
+#: bits. ``LinearCode`` (Li et al.'s zero-free map) measured worse for ``v`` here; see
+#: ``benchmarks/results/lowbit_ablation.md``.
 CODECS: dict[int, dict[str, Codec]] = {
     8: {
         "exp_avg": FloatCode(8, signed=True, stochastic=False, mantissa_bits=3),
@@ -59,9 +61,9 @@ CODECS: dict[int, dict[str, Codec]] = {
     },
     4: {
         "exp_avg": FloatCode(4, signed=True, stochastic=False, mantissa_bits=1),
-        "exp_avg_sq": LinearCode(4, signed=False, stochastic=True),
+        "exp_avg_sq": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
         "exp_avg_lr": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
-        "max_exp_avg_sq": LinearCode(4, signed=False, stochastic=False),
+        "max_exp_avg_sq": FloatCode(4, signed=False, stochastic=False, mantissa_bits=1),
     },
 }
 

@@ -116,7 +116,8 @@ def check_block_size(value: Any, *, even: bool = False) -> int:
 
 
 def _check_block_size(name: str, value: Any, high: float, tensors: bool) -> None:
-    check_block_size(value)  # the class's own check adds evenness (AdaBalance4bit)
+    if value is not None:  # None: the class's default
+        check_block_size(value)  # the class's own check adds evenness (AdaBalance4bit)
 
 
 #: The check of each kind: ``check(name, value, high, tensors)`` raises a ``ValueError``.

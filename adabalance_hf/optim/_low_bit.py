@@ -54,6 +54,8 @@ class LowBitAdaBalance(AdaBalance):
 
     #: The width of each state's codes, by state key.
     state_bits: ClassVar[dict[str, int]] = {}
+    #: The ``block_size`` that ``None`` stands for.
+    default_block_size: ClassVar[int] = 128
 
     def __init__(
         self,
@@ -67,7 +69,7 @@ class LowBitAdaBalance(AdaBalance):
         weight_decay: float = 0,
         amsbound: bool = False,
         *,
-        block_size: int = 128,
+        block_size: int | None = None,
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -78,6 +80,8 @@ class LowBitAdaBalance(AdaBalance):
     ) -> None:
         arguments = options.option_arguments(locals())  # the table's options, by name
         block_size = arguments.pop("block_size")
+        if block_size is None:
+            block_size = self.default_block_size
         self._block_size = check_block_size(block_size, self._name(), self._packs())
         if foreach:
             raise ValueError(
@@ -106,6 +110,8 @@ class LowBitAdaBalance(AdaBalance):
         Args:
             param_group (dict): the parameters under ``"params"`` and any per-group options.
         """
+        if param_group.get("block_size", 0) is None:
+            param_group["block_size"] = self._block_size
         if "block_size" in param_group:
             where = f"{self._name()}: param group {len(self.param_groups)}"
             check_block_size(param_group["block_size"], where, self._packs())
@@ -119,8 +125,8 @@ class LowBitAdaBalance(AdaBalance):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_fallback_checked", True)
-        default = options.OPTIONS_BY_NAME["block_size"].default
-        self.__dict__.setdefault("_block_size", self.defaults.get("block_size", default))
+        default = self.defaults.get("block_size") or self.default_block_size
+        self.__dict__.setdefault("_block_size", default)
 
     def _block(self, param: Tensor, block_size: int) -> int | None:
         """The block of ``param``'s new low-bit state, or None if it keeps fp32 state."""

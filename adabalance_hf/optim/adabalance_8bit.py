@@ -59,7 +59,7 @@ class AdaBalance8bit(LowBitAdaBalance):
         amsbound (bool, optional): use the running maximum of ``v`` (stored in 8 bits too,
             rounded to nearest). Default: ``False``
         block_size (int, optional): elements per scale, along the last dimension (see above for
-            dimensions it does not divide). Default: ``128``
+            dimensions it does not divide). Default: ``128`` (``None``: the default)
         decoupled_weight_decay (bool, optional): AdamW-style weight decay. Default: ``False``
         maximize (bool, optional): maximize the objective. Default: ``False``
         foreach (bool, optional): must be ``None`` or ``False``. Default: ``None``

@@ -60,7 +60,7 @@ class Option:
         kind (str): what it holds, which decides its check and its conversion from a string:
             ``"number"`` (a real number or a one-element tensor in ``[0, high)``), ``"betas"`` (a
             pair of them in ``[0, 1)``), ``"flag"`` (``True`` or ``False``), ``"flag or None"``,
-            ``"block size"`` (a positive integer).
+            ``"block size"`` (a positive integer, or None for the class's default).
         doc (str): one line: what it does.
         high (float): the exclusive upper end of a number's range. Default: ``inf``
         step (tuple of str): the :class:`Hyper` fields it becomes (``betas``: ``beta1``,
@@ -130,7 +130,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("eps", 1e-8, "number", "term added to the denominator", reference=True),
     Option("weight_decay", 0, "number", "weight decay coefficient", reference=True),
     Option("amsbound", False, "flag", "use the running maximum of v", optim_args=True),
-    Option("block_size", 128, "block size", "elements per scale of low-bit state", step=(),
+    Option("block_size", None, "block size", "elements per scale of low-bit state; None: the "
+           "class's (128 for AdaBalance8bit, 32 for AdaBalance4bit)", step=(),
            optim_args=True, kept_on_load=True, low_bit=True),
     Option("decoupled_weight_decay", False, "flag", "AdamW-style weight decay", optim_args=True),
     Option("maximize", False, "flag", "maximize the objective", optim_args=True),
