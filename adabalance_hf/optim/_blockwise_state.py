@@ -50,8 +50,9 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq")
 #: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits ``exp_avg`` is a sign and a
 #: float with 2 exponent and 1 mantissa bits (E2M1, as the FP4 element of the MX formats but
 #: without its subnormal), the second moments an unsigned float with 3 exponent and 1 mantissa
-#: bits. ``LinearCode`` (Li et al.'s zero-free map) measured worse for ``v`` here; see
-#: ``benchmarks/results/lowbit_ablation.md``.
+#: bits and no zero (its code 0 is the smallest value, so ``v`` never decodes to 0 and the step
+#: never becomes ``lr / eps``: Li et al.'s "zero-point problem"); their linear zero-free map
+#: (``LinearCode``) measured worse here; see ``benchmarks/results/lowbit_ablation.md``.
 CODECS: dict[int, dict[str, Codec]] = {
     8: {
         "exp_avg": FloatCode(8, signed=True, stochastic=False, mantissa_bits=3),
@@ -61,9 +62,9 @@ CODECS: dict[int, dict[str, Codec]] = {
     },
     4: {
         "exp_avg": FloatCode(4, signed=True, stochastic=False, mantissa_bits=1),
-        "exp_avg_sq": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
+        "exp_avg_sq": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1, zero=False),
         "exp_avg_lr": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
-        "max_exp_avg_sq": FloatCode(4, signed=False, stochastic=False, mantissa_bits=1),
+        "max_exp_avg_sq": FloatCode(4, signed=False, stochastic=False, mantissa_bits=1, zero=False),
     },
 }
 

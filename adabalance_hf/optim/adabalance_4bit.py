@@ -28,8 +28,9 @@ class AdaBalance4bit(LowBitAdaBalance):
 
     * ``exp_avg``: a sign and a float with 2 exponent and 1 mantissa bits (E2M1: ``1/8`` to ``1``
       of the block's scale, and 0), rounded to nearest;
-    * ``exp_avg_sq`` (and amsbound's maximum): a float with 3 exponent and 1 mantissa bits
-      (``2**-7`` to ``1`` of the scale, and 0), rounded stochastically (the maximum: to nearest);
+    * ``exp_avg_sq`` (and amsbound's maximum): a float with 3 exponent and 1 mantissa bits and
+      no zero (``1.5 * 2**-8`` to ``1`` of the scale: a ``v`` rounded to 0 would make the step
+      ``lr / eps``), rounded stochastically (the maximum: to nearest);
     * ``exp_avg_lr``: :class:`AdaBalance8bit`'s (5 exponent, 3 mantissa bits), stochastically.
 
     ``block_size`` (default 32) must be even. ``state_dict()`` holds the packed codes under
