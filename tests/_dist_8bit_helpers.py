@@ -1,4 +1,7 @@
-"""Spawned workers and references for the AdaBalance8bit distributed tests (gloo, 127.0.0.1).
+"""Spawned workers and references for the low-bit distributed tests (gloo, 127.0.0.1).
+
+Each reference and worker takes ``cls_name``, ``"AdaBalance8bit"`` (the default) or
+``"AdaBalance4bit"``: the same engines and checks for both.
 
 The model is a BERT of width 64 (vocab 128, intermediate 128): its embeddings, attention,
 feed-forward and pooler weights have 4,096 or more elements and last dimensions of 64 or 128, so
@@ -36,6 +39,15 @@ SAVE_AT = 3
 OPT_8BIT: dict[str, Any] = {**OPT_KWARGS, "fused": False}
 CODE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr")
 CODE_DTYPES = {"exp_avg": torch.int8, "exp_avg_sq": torch.uint8, "exp_avg_lr": torch.uint8}
+#: Per class: the dtypes of each state's codes and of its scales.
+LOW_BIT = {
+    "AdaBalance8bit": {key: (CODE_DTYPES[key], torch.float32) for key in CODE_KEYS},
+    "AdaBalance4bit": {
+        "exp_avg": (torch.uint8, torch.bfloat16),
+        "exp_avg_sq": (torch.uint8, torch.bfloat16),
+        "exp_avg_lr": (torch.uint8, torch.float32),  # 8-bit
+    },
+}
 
 
 def bert_8bit(seed: int = 0) -> torch.nn.Module:
@@ -48,11 +60,21 @@ def data_8bit(steps: int = STEPS) -> list[dict]:
     return batches(steps, vocab=VOCAB_8BIT)
 
 
-def optimizer_8bit(model: torch.nn.Module, **kwargs: Any) -> Any:
-    """``create_optimizer(model, optimizer_class=AdaBalance8bit, ...)`` with the tests' settings."""
-    from adabalance_hf import AdaBalance8bit, create_optimizer
+def optimizer_8bit(model: torch.nn.Module, cls_name: str = "AdaBalance8bit", **kwargs: Any) -> Any:
+    """``create_optimizer(model, optimizer_class=<cls_name>, ...)`` with the tests' settings."""
+    import adabalance_hf
+    from adabalance_hf import create_optimizer
 
-    return create_optimizer(model, optimizer_class=AdaBalance8bit, **{**OPT_8BIT, **kwargs})
+    optimizer_class = getattr(adabalance_hf, cls_name)
+    return create_optimizer(model, optimizer_class=optimizer_class, **{**OPT_8BIT, **kwargs})
+
+
+def elements(values: dict[str, torch.Tensor]) -> int:
+    """The parameter's element count from its state (4-bit codes hold two elements a byte)."""
+    codes = values["exp_avg"]
+    scale = values.get("exp_avg_scale")
+    packed = scale is not None and codes.dim() == scale.dim() + 1
+    return codes.numel() * (2 if packed else 1)
 
 
 def split_grad_steps(model: torch.nn.Module, optimizer: Any, data: list[dict], world: int) -> None:
@@ -105,13 +127,13 @@ def state_by_name(model: torch.nn.Module, optimizer: Any) -> dict[str, dict[str,
 
 
 def quantized_share(states: dict[str, dict[str, Any]]) -> float:
-    """Share of the elements (of the parameters with state) whose state is 8-bit codes."""
+    """Share of the elements (of the parameters with state) whose state is low-bit codes."""
     total = quantized = 0
     for entry in states.values():
         values = entry["values"]
-        numel = values["exp_avg"].numel()
+        numel = elements(values)
         total += numel
-        if "exp_avg_scale" in values and values["exp_avg"].dtype == torch.int8:
+        if "exp_avg_scale" in values and not values["exp_avg"].is_floating_point():
             quantized += numel
     return quantized / total if total else 0.0
 
@@ -131,11 +153,13 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def reference_8bit(world: int = 1, steps: int = STEPS) -> dict[str, Any]:
-    """One process, AdaBalance8bit: the global batch (``world=1``) or ``world`` ranks' mean."""
+def reference_8bit(
+    world: int = 1, steps: int = STEPS, cls_name: str = "AdaBalance8bit"
+) -> dict[str, Any]:
+    """One process, ``cls_name``: the global batch (``world=1``) or ``world`` ranks' mean."""
     with one_thread():
         model = bert_8bit()
-        optimizer = optimizer_8bit(model)
+        optimizer = optimizer_8bit(model, cls_name)
         split_grad_steps(model, optimizer, data_8bit(steps), world)
         return {"params": full_params(model), "state": state_by_name(model, optimizer)}
 
@@ -151,14 +175,14 @@ def _train(model: torch.nn.Module, optimizer: Any, data: list[dict], rank: int, 
         optimizer.step()
 
 
-def zero1_8bit_worker(rank: int, world: int) -> dict[str, Any]:
-    """DDP + ZeroRedundancyOptimizer(AdaBalance8bit): each rank steps whole tensors it owns."""
+def zero1_8bit_worker(rank: int, world: int, cls_name: str) -> dict[str, Any]:
+    """DDP + ZeroRedundancyOptimizer(``cls_name``): each rank steps whole tensors it owns."""
     from torch.nn.parallel import DistributedDataParallel
 
     from adabalance_hf.distributed import optimizer_state_bytes
 
     model = DistributedDataParallel(bert_8bit())
-    optimizer = optimizer_8bit(model, sharding="zero1")
+    optimizer = optimizer_8bit(model, cls_name, sharding="zero1")
     _train(model, optimizer, data_8bit(), rank, world)
     return {
         "optimizer_type": type(optimizer).__name__,
@@ -179,8 +203,8 @@ def fsdp2_8bit_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def fsdp2_8bit_dcp_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
-    """FSDP2 + AdaBalance8bit: SAVE_AT steps, ``dcp.save`` model and optimizer, finish STEPS."""
+def fsdp2_8bit_dcp_worker(rank: int, world: int, checkpoint: str, cls_name: str) -> dict[str, Any]:
+    """FSDP2 + ``cls_name``: SAVE_AT steps, ``dcp.save`` model and optimizer, finish STEPS."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
@@ -188,7 +212,7 @@ def fsdp2_8bit_dcp_worker(rank: int, world: int, checkpoint: str) -> dict[str, A
     )
 
     model = fsdp2_8bit_model()
-    optimizer = optimizer_8bit(model, sharding="fsdp2")
+    optimizer = optimizer_8bit(model, cls_name, sharding="fsdp2")
     data = data_8bit()
     _train(model, optimizer, data[:SAVE_AT], rank, world)
     state = {
@@ -231,15 +255,15 @@ def dcp_load_8bit(model: torch.nn.Module, optimizer: Any, checkpoint: str) -> No
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
-def deepspeed_8bit_worker(rank: int, world: int) -> dict[str, Any]:
-    """DeepSpeed ZeRO-2 with AdaBalance8bit as the client optimizer, fp32, on CPU/gloo."""
+def deepspeed_8bit_worker(rank: int, world: int, cls_name: str) -> dict[str, Any]:
+    """DeepSpeed ZeRO-2 with ``cls_name`` as the client optimizer, fp32, on CPU/gloo."""
     import deepspeed
     from _dist_helpers import skip_deepspeed_shm_build
 
     skip_deepspeed_shm_build()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     model = bert_8bit()
-    optimizer = optimizer_8bit(model)
+    optimizer = optimizer_8bit(model, cls_name)
     config = {
         "train_micro_batch_size_per_gpu": PER_RANK,
         "gradient_accumulation_steps": 1,
@@ -259,26 +283,28 @@ def deepspeed_8bit_worker(rank: int, world: int) -> dict[str, Any]:
             engine.step()
     inner = ds_optimizer.optimizer
     states = [s for s in inner.state.values() if "exp_avg" in s]
-    total = sum(s["exp_avg"].numel() for s in states)
-    quantized = sum(s["exp_avg"].numel() for s in states if "exp_avg_scale" in s)
+    total = sum(elements(s) for s in states)
+    quantized = sum(elements(s) for s in states if "exp_avg_scale" in s)
     return {
         "params": full_params(engine.module),
         "inner_type": type(inner).__name__,
         "shapes": [tuple(p.shape) for g in inner.param_groups for p in g["params"]],
         "quantized_share": quantized / total if total else 0.0,
-        "warnings": [str(w.message) for w in caught if "AdaBalance8bit" in str(w.message)],
+        "warnings": [str(w.message) for w in caught if cls_name in str(w.message)],
     }
 
 
 __all__ = [
     "CODE_DTYPES",
     "CODE_KEYS",
+    "LOW_BIT",
     "SAVE_AT",
     "WORLD",
     "bert_8bit",
     "data_8bit",
     "dcp_load_8bit",
     "deepspeed_8bit_worker",
+    "elements",
     "fsdp2_8bit_dcp_worker",
     "one_thread",
     "optimizer_8bit",
