@@ -10,7 +10,7 @@ from test_optim_8bit import reference_decode
 from test_transformers_resume import CountSteps, StopAt, assert_same_state
 from transformers import BertForSequenceClassification, TrainerCallback
 
-from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance8bit, AdaBalanceTrainer
+from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance4bit, AdaBalance8bit, AdaBalanceTrainer
 from adabalance_hf.integrations.transformers import OptimizerOptionError
 from adabalance_hf.optim._step_scalars import step_scalars
 
@@ -66,7 +66,12 @@ def test_the_8bit_name_builds_adabalance8bit_with_the_fine_tuning_defaults(tmp_p
     numel = sum(s["exp_avg"].numel() for s in states)
     assert sum(s["exp_avg"].numel() for s in quantized) > 0.9 * numel
 
-    # The diagnostics read the decoded rates: recount them here from the codes.
+    assert_diagnostics_read_the_codes(optimizer, logs)
+
+
+def assert_diagnostics_read_the_codes(optimizer, logs: KeepLogs) -> None:
+    """The logged share of rates at the upper bound, recounted here from the 8-bit codes of
+    ``exp_avg_lr`` (both low-bit classes keep it in 8 bits)."""
     logged = next(entry for entry in reversed(logs.logs) if "adabalance/frac_at_upper" in entry)
     at_upper = total = 0
     for g in optimizer.param_groups:
@@ -81,7 +86,23 @@ def test_the_8bit_name_builds_adabalance8bit_with_the_fine_tuning_defaults(tmp_p
                                   final_lr=g["final_lr"], gamma=g["gamma"])  # fmt: skip
             at_upper += int(((rate >= bounds.upper) & (rate > bounds.lower)).sum())
             total += rate.numel()
-    assert logged["adabalance/frac_at_upper"] == pytest.approx(at_upper / total, abs=2e-3)
+    assert 0 < total and logged["adabalance/frac_at_upper"] == pytest.approx(
+        at_upper / total, abs=2e-3
+    )
+
+
+def test_the_4bit_name_builds_adabalance4bit_whose_codes_the_diagnostics_read(tmp_path):
+    logs = KeepLogs()
+    trainer = build(tmp_path, "adabalancew_4bit", EAGER, save=False, callbacks=[logs])
+    trainer.train()
+    optimizer = inner_optimizer(trainer)
+    assert type(optimizer) is AdaBalance4bit
+    group = optimizer.param_groups[0]
+    assert group["block_size"] == 32 and group["decoupled_weight_decay"] is True
+    assert {key: group[key] for key in FINE_TUNING_DEFAULTS} == FINE_TUNING_DEFAULTS
+    word_embeddings = trainer.model.bert.embeddings.word_embeddings.weight
+    assert optimizer.state[word_embeddings]["exp_avg"].dim() == 3  # packed 4-bit codes
+    assert_diagnostics_read_the_codes(optimizer, logs)
 
 
 def test_block_size_on_a_name_without_8bit_state_says_which_names_take_it(tmp_path):

@@ -18,7 +18,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.training_args import OptimizerNames
 from trl import DPOConfig, DPOTrainer, GRPOConfig, SFTConfig, SFTTrainer, TrlParser
 
-from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance, AdaBalance8bit
+from adabalance_hf import FINE_TUNING_DEFAULTS, AdaBalance, AdaBalance4bit, AdaBalance8bit
 from adabalance_hf.integrations.transformers import OptimizerOptionError
 
 # TRL's own classes: import adabalance_hf registers the names with transformers, so every TRL
@@ -179,17 +179,26 @@ def test_resume_from_the_middle_checkpoint_is_bitwise_exact(kind, tmp_path):
     assert state_b["param_groups"][0]["amsbound"] is True
 
 
-def test_an_8bit_name_trains_with_8bit_state_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize(
+    ("optim", "cls", "code_dtype"),
+    [
+        ("adabalancew_8bit", AdaBalance8bit, torch.int8),
+        ("adabalancew_4bit", AdaBalance4bit, torch.uint8),
+    ],
+)
+def test_a_low_bit_name_trains_with_low_bit_state_and_resumes_bitwise(
+    tmp_path, optim, cls, code_dtype
+):
     # SFT only: DPO builds its optimizer through the same code (the tests above, for both).
-    # hidden 64: the MLP weights (8,192 elements) are large enough for 8-bit state.
+    # hidden 64: the MLP weights (8,192 elements) are large enough for low-bit state.
     kind = "sft"
-    common = dict(rows=8, max_steps=4, optim="adabalancew_8bit", hidden_size=64, weight_decay=0.01)
+    common = dict(rows=8, max_steps=4, optim=optim, hidden_size=64, weight_decay=0.01)
     straight = build(kind, tmp_path, save_strategy="steps", save_steps=2, **common)
     straight.train()
     optimizer = inner_optimizer(straight)
-    assert type(optimizer) is AdaBalance8bit
+    assert type(optimizer) is cls
     codes = [s["exp_avg"].dtype for s in optimizer.state.values()]
-    assert torch.int8 in codes and torch.float32 in codes  # 8-bit, and the small tensors fp32
+    assert code_dtype in codes and torch.float32 in codes  # low-bit, and small tensors fp32
 
     resumed = build(kind, tmp_path, **common)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
