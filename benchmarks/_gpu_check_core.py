@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for _path in (HERE, REPO / "tests"):  # _shapes/_memory, and the float64 oracle
+for _path in (HERE, REPO / "tests"):  # _shapes, and the float64 oracle
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

@@ -1,6 +1,7 @@
 """Section ``speed`` of ``gpu_check.py``: step time, peak memory and state bytes per parameter.
 
-Rows: AdaBalance fused and foreach, AdaBalance8bit fused, ``torch.optim.AdamW`` fused and
+Rows: AdaBalance fused and foreach, AdaBalance8bit and AdaBalance4bit fused,
+``torch.optim.AdamW`` fused and
 foreach, torchao's ``AdamW8bit`` (where it imports); ``weight_decay=0`` for all. Sets: BERT-base,
 GPT-2 small and TinyLlama-1.1B shapes from ``_shapes.py`` (on ``--device cpu --quick`` the same
 shapes with every dimension divided by 6, 6 and 4, so that 8-bit blocks stay 128 wide, and 12
@@ -11,10 +12,10 @@ fixed gradients (std 0.02 and 1e-2, as ``_shapes.make_tensors``):
   done yet);
 * ``median_ms``: median of ``repeats`` steps after ``warmup`` more, each timed by CUDA events
   (a host clock on CPU), and its ratio to ``AdamW(fused=True)`` on the same set;
-* ``state_bytes_per_param`` (``_memory.state_bytes``: through tensor subclasses);
+* ``state_bytes_per_param`` (``adabalance_hf._memory.state_bytes``: through tensor subclasses);
 * ``peak_allocated_gib``: ``torch.cuda.max_memory_allocated`` over the row (parameters, gradients,
   state and temporaries), and ``step_peak_extra_mib``: what one more step allocates above the
-  level before it (``_memory.peak_extra_bytes``).
+  level before it (``adabalance_hf._memory.peak_extra_bytes``).
 
 On ``--device cpu --quick`` torchao's ``AdamW8bit`` (on CPU its first step compiles for 7-25 s,
 even on one small tensor) only takes two steps on one 64 x 256 tensor, with ``torch.compile``
@@ -32,12 +33,12 @@ from typing import Any
 
 import torch
 from _gpu_check_core import Context, Recorder, median, step_times_ms, synchronize, timed_once_s
-from _memory import peak_extra_bytes, state_bytes
 from _shapes import PARAM_SETS, Shapes, make_tensors
 from torch import Tensor
 from torch.optim import AdamW, Optimizer
 
-from adabalance_hf import AdaBalance, AdaBalance8bit
+from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
+from adabalance_hf._memory import peak_extra_bytes, state_bytes
 
 GiB, MiB = 1024**3, 1024**2
 BASELINE = "adamw_fused"
@@ -47,6 +48,7 @@ ROWS: dict[str, tuple[Any, dict[str, Any]]] = {
     "adabalance_fused": (AdaBalance, {"fused": True}),
     "adabalance_foreach": (AdaBalance, {"foreach": True}),
     "adabalance8bit_fused": (AdaBalance8bit, {"fused": True}),
+    "adabalance4bit_fused": (AdaBalance4bit, {"fused": True}),
     BASELINE: (AdamW, {**NO_DECAY, "fused": True}),
     "adamw_foreach": (AdamW, {**NO_DECAY, "foreach": True}),
     "torchao_adamw8bit": ("torchao.optim:AdamW8bit", NO_DECAY),

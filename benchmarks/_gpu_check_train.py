@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 VOCAB = 256
 #: optimizer name -> optim_args, on CUDA and on ``--device cpu --quick`` (no compile there).
 RUNS = {
-    "cuda": {"adabalance_fused": "", "adabalance_8bit": ""},
+    "cuda": {"adabalance_fused": "", "adabalance_8bit": "", "adabalance_4bit": ""},
     "cpu": {"adabalance": "", "adabalance_8bit": "fused=false"},
 }
 

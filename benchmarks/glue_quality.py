@@ -44,8 +44,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-import _lr_grid  # noqa: E402
-import _run_settings  # noqa: E402
+from _lr_grid import TunedProtocol, find_run  # noqa: E402
+from _run_settings import (  # noqa: E402
+    expected_settings,
+    recorded_settings,
+    refuse_stale_runs,
+    stale_runs,
+)
+
+# The tuned protocol and the settings check are this script's, kept in _lr_grid.py and
+# _run_settings.py: tests/test_glue_quality_*.py import them from here.
+__all__ = ["TunedProtocol", "expected_settings", "find_run", "gpt2_plan", "main", "parse_args",
+           "recorded_settings", "stale_runs"]  # fmt: skip
 
 FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 # what a GPT-2 record keeps of the optimizer it ran (its lr is the schedule's last, not kept)
@@ -251,11 +261,11 @@ def check_settings(args, path: Path, records: list[dict]) -> None:
         task, optimizer, options = record["task"], record["optimizer"], record["options"]
         if task == "gpt2-wikitext2" and args.wikitext_dir:
             command = gpt2_run_command(args, optimizer, record["seed"], options, "out")
-            expected[index] = _run_settings.expected_settings("gpt2", optimizer, command[2:])
+            expected[index] = expected_settings("gpt2", optimizer, command[2:])
         elif task in args.tasks:
             command = glue_command(args, task, optimizer, record["seed"], options, "out")
-            expected[index] = _run_settings.expected_settings("glue", optimizer, command[2:])
-    _run_settings.refuse_stale_runs(path, records, expected)
+            expected[index] = expected_settings("glue", optimizer, command[2:])
+    refuse_stale_runs(path, records, expected)
 
 
 def gpt2_run_command(args, optimizer: str, seed: int, options: dict, out: str) -> list[str]:
@@ -317,7 +327,7 @@ def _run_one(args, task: str, optimizer: str, seed: int, options: dict) -> dict:
     return record
 
 
-def _tuned_report(protocol: _lr_grid.TunedProtocol, records: list[dict]) -> str:
+def _tuned_report(protocol: TunedProtocol, records: list[dict]) -> str:
     return f"{protocol.table(records)}\nAt the tuned rates:\n\n{protocol.comparison(records)}"
 
 
@@ -325,7 +335,7 @@ def run_tuned(args, path: Path, records: list[dict]) -> None:
     """The tuned comparison (``--lr_grid``): run the next planned run until none is left."""
     tasks = list(args.tasks) + (["gpt2-wikitext2"] if args.wikitext_dir else [])
     gpt2 = "gpt2-wikitext2"
-    protocol = _lr_grid.TunedProtocol(
+    protocol = TunedProtocol(
         optimizers={t: [GPT2_NAMES.get(o, o) for o in args.optimizers] if t == gpt2
                     else list(args.optimizers) for t in tasks},
         grids={t: args.gpt2_lr_grid if t == gpt2 else args.lr_grid for t in tasks},

@@ -213,7 +213,7 @@ def glue_run(args, label: str, seed: int) -> dict:
 # --------------------------------------------------------------------------- GPT-2 recipe
 
 
-def _with_name_defaults(optim: str, optim_args: str) -> str:
+def with_name_defaults(optim: str, optim_args: str) -> str:
     """``optim_args`` with the names' fine-tuning defaults it leaves open written out, so the
     GPT-2 recipe's own defaults (``DEFAULT_OPTIM_ARGS``) do not change what a setting means."""
     from adabalance_hf import FINE_TUNING_DEFAULTS
@@ -223,7 +223,7 @@ def _with_name_defaults(optim: str, optim_args: str) -> str:
 
 def gpt2_run(args, label: str, seed: int) -> dict:
     optim, optim_args, _ = parse_setting(label)
-    optim_args = _with_name_defaults(optim, optim_args)
+    optim_args = with_name_defaults(optim, optim_args)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     started = time.time()
     with tempfile.TemporaryDirectory() as out:

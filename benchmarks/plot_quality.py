@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-import _lr_grid  # noqa: E402
+from _lr_grid import record_rate, tuned_runs  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,7 +51,7 @@ def _label(record: dict, tuned: bool = False) -> str:
     """The curve's name: the optimizer and its options; for a tuned run the optimizer and its
     rate (a run at the recipe's default rate and one given that rate are the same setting)."""
     if tuned:
-        return f"{record['optimizer']} (lr={_lr_grid.record_rate(record):g})"
+        return f"{record['optimizer']} (lr={record_rate(record):g})"
     options = record.get("options") or {}
     extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in options.items())  # fmt: skip
@@ -138,7 +138,7 @@ def main() -> None:
     results_dir = Path(args.results_dir)
     records = json.loads((results_dir / f"{args.name}.json").read_text())
     if args.tuned:
-        records = _lr_grid.tuned_runs(records)
+        records = tuned_runs(records)
     elif not args.all_settings:
         records = [r for r in records if not r.get("options")]
     metrics = {r["task"]: r["metric"] for r in records}

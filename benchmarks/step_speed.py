@@ -14,8 +14,9 @@ everywhere. Each row starts from a clone of the same parameters with the same fi
   (``--timer adaptive``: ``adaptive_autorange``) until at least ``--repeats`` measurements, and
   the ratio to ``torch.optim.AdamW(fused=True)``, always measured, in this process, on the same
   parameters;
-* state bytes/param (``_memory.state_bytes``, tensor subclasses through their inner tensors) and
-  peak extra memory of one more step (``_memory.peak_extra_bytes``, self-checked at start).
+* state bytes/param (``adabalance_hf._memory.state_bytes``, tensor subclasses through their inner
+  tensors) and peak extra memory of one more step (``adabalance_hf._memory.peak_extra_bytes``,
+  self-checked at start).
 
 Errors are raised, not written into the table. ``--json PATH`` writes every figure.
 """
@@ -44,11 +45,11 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _memory import peak_extra_bytes, self_check, state_bytes
 from _reference_adabalance import ReferenceAdaBalance
 from _shapes import PARAM_SETS, Shapes, make_tensors
 
-from adabalance_hf import AdaBalance, AdaBalance8bit
+from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
+from adabalance_hf._memory import peak_extra_bytes, self_check, state_bytes
 
 MiB = 1024**2
 BASELINE = "adamw_fused"
@@ -128,6 +129,9 @@ ROWS: dict[str, Row] = {
     ),
     "adabalance8bit_fused": Row(
         "AdaBalance8bit", "fused, 8-bit state", AdaBalance8bit, {"fused": True}, compiles=True
+    ),
+    "adabalance4bit_fused": Row(
+        "AdaBalance4bit", "fused, 4-bit state", AdaBalance4bit, {"fused": True}, compiles=True
     ),
 }
 

@@ -74,6 +74,7 @@ def _save_worker(rank: int, world: int, root: str, nested: bool) -> list:
     return calls
 
 
+@pytest.mark.slow
 @needs_gloo
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
 def test_two_processes_write_one_checkpoint_committed_by_the_main_one(tmp_path, nested) -> None:
@@ -104,6 +105,7 @@ def _failing_worker(rank: int, world: int, root: str) -> dict:
     return {"type": None}
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_a_failure_on_one_process_commits_nothing_and_every_process_raises(tmp_path) -> None:
     previous = _save(tmp_path, "checkpoint-1")
@@ -126,6 +128,7 @@ def _dying_worker(rank: int, world: int, root: str) -> None:
             os._exit(1)  # killed before the commit
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_a_process_that_dies_before_the_commit_leaves_no_checkpoint(tmp_path) -> None:
     previous = _save(tmp_path, "checkpoint-1")

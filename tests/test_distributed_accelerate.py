@@ -71,6 +71,7 @@ def launch(tmp_path: Path, *launch_args: str, flags: tuple[str, ...] = ()) -> tu
     return sorted(results, key=lambda r: r["process_index"]), output
 
 
+@pytest.mark.slow
 def test_prepare_with_accumulation_and_clipping_matches_global_batch(reference) -> None:
     results = run_workers(accelerate_worker, True, init=False)
     assert [r["process_index"] for r in results] == [0, 1]
@@ -82,6 +83,7 @@ def test_prepare_with_accumulation_and_clipping_matches_global_batch(reference) 
         assert_same_params(result["params"], reference["params"])
 
 
+@pytest.mark.slow
 def test_accelerator_without_cpu_true_trains_alone_and_is_detected(reference) -> None:
     # torchrun-style env with WORLD_SIZE=2, but Accelerator() without cpu=True on a CPU machine
     results = run_workers(accelerate_worker, False, init=False)
@@ -113,12 +115,14 @@ def test_every_config_parses_and_gpu_only_ones_say_so() -> None:
     assert all(name in readme for name in names)
 
 
+@pytest.mark.slow
 def test_single_process_config(tmp_path, reference) -> None:
     (result,), _ = launch(tmp_path, "--config_file", str(CONFIGS / "single_process.yaml"))
     assert result["num_processes"] == 1 and result["setup_warnings"] == []
     assert_same_params(result["params"], reference["params"])
 
 
+@pytest.mark.slow
 def test_multi_cpu_config_starts_two_processes(tmp_path, reference) -> None:
     results, _ = launch(tmp_path, "--config_file", str(CONFIGS / "multi_cpu.yaml"))
     assert [r["num_processes"] for r in results] == [2, 2]
@@ -128,6 +132,7 @@ def test_multi_cpu_config_starts_two_processes(tmp_path, reference) -> None:
         assert_same_params(result["params"], reference["params"])
 
 
+@pytest.mark.slow
 def test_cpu_flag_with_two_processes_starts_one_and_is_detected(tmp_path, reference) -> None:
     results, _ = launch(tmp_path, "--cpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
@@ -138,6 +143,7 @@ def test_cpu_flag_with_two_processes_starts_one_and_is_detected(tmp_path, refere
     assert_same_params(result["params"], reference["params"])
 
 
+@pytest.mark.slow
 @requires_deepspeed
 @pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
 def test_deepspeed_config_with_gloo_state(tmp_path, reference, config: str) -> None:
@@ -150,6 +156,7 @@ def test_deepspeed_config_with_gloo_state(tmp_path, reference, config: str) -> N
         assert_same_params(result["params"], reference["params"])
 
 
+@pytest.mark.slow
 @requires_deepspeed
 def test_deepspeed_without_gloo_state_counts_one_process_and_is_detected(tmp_path) -> None:
     config = str(CONFIGS / "deepspeed_zero2.yaml")

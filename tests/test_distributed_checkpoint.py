@@ -31,7 +31,7 @@ from _dist_helpers import (
 from adabalance_hf import create_optimizer
 from adabalance_hf.distributed import optimizer_state_bytes
 
-pytestmark = needs_gloo
+pytestmark = [needs_gloo, pytest.mark.slow]  # 2 spawned processes per run
 
 
 @pytest.fixture(scope="module")

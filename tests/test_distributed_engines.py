@@ -18,7 +18,7 @@ from _dist_helpers import (
     run_workers,
 )
 
-pytestmark = needs_gloo
+pytestmark = [needs_gloo, pytest.mark.slow]  # 2 spawned processes per run
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """The tuned comparison's protocol (benchmarks/_lr_grid.py) and ``glue_quality.py --lr_grid``.
 
-The protocol is checked on made-up records (which rate wins, what is left to run); the script
-once end to end on the tiny GLUE data, stopped and continued.
+The protocol is checked on made-up records (which rate wins, what is left to run), imported from
+``glue_quality.py`` and ``plot_quality.py``, the scripts that run and plot it; the script once end
+to end on the tiny GLUE data, stopped and continued (``slow``: it runs the recipes).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _lr_grid import TunedProtocol, find_run  # noqa: E402
+import glue_quality  # noqa: E402
+from glue_quality import TunedProtocol, find_run  # noqa: E402
 
 
 def _record(task, optimizer, seed, rate, value, options=None, epochs=3):
@@ -71,19 +72,27 @@ def test_the_table_shows_the_grid_the_tuned_rate_and_the_seeds() -> None:
     assert "3e-05: 80.00, 0.0001: 86.00, 0.0003: 84.00 | 0.0001 | 3 | 85.00 | 1.00 |" in row
 
 
+def _main(monkeypatch, capsys, *flags: str) -> str:
+    """``glue_quality.py FLAGS`` in this process (the recipe runs it starts are subprocesses, on
+    one thread); its stdout. A failed recipe run raises."""
+    monkeypatch.setattr(sys, "argv", ["glue_quality.py", *flags])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    capsys.readouterr()
+    glue_quality.main()
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
-    sentiment_data, tiny_glue_model, tmp_path
+    sentiment_data, tiny_glue_model, tmp_path, monkeypatch, capsys
 ) -> None:
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"),
+    flags = [
         "--glue_dir", str(sentiment_data.parent), "--tasks", "sst2", "--optimizers", "adabalance",
         "--lr_grid", "1e-3", "3e-3", "--seeds", "0", "--num_train_epochs", "1",
         "--max_seq_length", "16", "--batch_size", "8", "--model", str(tiny_glue_model()),
         "--results_dir", str(tmp_path), "--name", "tuned",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _main(monkeypatch, capsys, *flags)
     records = json.loads((tmp_path / "tuned.json").read_text())
     # seed 0 over the grid (each rate reaches the recipe); the seeds at the best: unit-tested above
     assert [(r["seed"], r["learning_rate"]) for r in records] == [(0, 1e-3), (0, 3e-3)]
@@ -91,13 +100,13 @@ def test_glue_quality_runs_the_protocol_and_continues_where_it_stopped(
     assert records[0]["train_loss"] != records[1]["train_loss"]  # the rate reached the optimizer
     best = max(records, key=lambda r: r["value"])["learning_rate"]
     assert f"| {best:g} | 1 |" in (tmp_path / "tuned.md").read_text()
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "sst2 adabalance seed" not in again.stdout  # none left
+    again = _main(monkeypatch, capsys, *flags)
+    assert "sst2 adabalance seed" not in again  # none left
     assert json.loads((tmp_path / "tuned.json").read_text()) == records
 
 
 def test_the_plots_take_the_runs_at_each_tuned_rate() -> None:
-    from _lr_grid import tuned_runs
+    from plot_quality import tuned_runs
 
     records = [_record("mrpc", "adamw", 0, r, v) for r, v in ((3e-5, 0.82), (1e-4, 0.85))]
     records += [_record("mrpc", "adamw", 1, 1e-4, 0.84), _record("mrpc", "adamw", 1, 3e-5, 0.9),
@@ -121,8 +130,6 @@ def test_a_tuned_plot_draws_one_curve_per_optimizer_and_rate() -> None:
 
 
 def test_gpt2_runs_at_another_rate_are_told_apart_from_the_default_rate(monkeypatch) -> None:
-    import glue_quality
-
     def plan(*flags: str) -> list:
         monkeypatch.setattr(sys, "argv", ["glue_quality.py", "--tasks", "--wikitext_dir", "w",
                                           "--seeds", "0", *flags])  # fmt: skip
@@ -142,8 +149,6 @@ def test_gpt2_runs_at_another_rate_are_told_apart_from_the_default_rate(monkeypa
 
 @pytest.mark.parametrize("flags", [["--gpt2_learning_rate", "3e-3"], ["--gpt2_optim_args", "x=1"]])
 def test_gpt2_run_settings_are_refused_with_lr_grid(monkeypatch, capsys, flags) -> None:
-    import glue_quality
-
     argv = ["glue_quality.py", "--tasks", "--wikitext_dir", "w", "--lr_grid", "1e-3", *flags]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit):
@@ -179,20 +184,18 @@ def test_a_lead_under_two_standard_errors_is_even_and_perplexity_leads_when_lowe
     )
 
 
-def test_a_gpt2_record_keeps_the_settings_its_optimizer_ran_with(tmp_path) -> None:
+@pytest.mark.slow
+def test_a_gpt2_record_keeps_the_settings_its_optimizer_ran_with(
+    tmp_path, monkeypatch, capsys
+) -> None:
     from test_recipe_gpt2 import _text
 
     (tmp_path / "test.txt").write_text(_text(400, 0))  # the names WikiText-2's folder has
     (tmp_path / "valid.txt").write_text(_text(80, 1))
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"), "--tasks",
-        "--wikitext_dir", str(tmp_path), "--optimizers", "adabalance", "--seeds", "0",
-        "--gpt2_steps", "3", "--gpt2_optim_args", "final_lr=0.2",
-        "--results_dir", str(tmp_path), "--name", "gpt2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _main(monkeypatch, capsys, "--tasks",
+          "--wikitext_dir", str(tmp_path), "--optimizers", "adabalance", "--seeds", "0",
+          "--gpt2_steps", "3", "--gpt2_optim_args", "final_lr=0.2",
+          "--results_dir", str(tmp_path), "--name", "gpt2")  # fmt: skip
     (record,) = json.loads((tmp_path / "gpt2.json").read_text())
     assert record["options"] == {"optim_args": "final_lr=0.2"}
     # final_lr from --gpt2_optim_args, beta3 the recipe's default, gamma the name's

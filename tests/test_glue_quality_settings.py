@@ -8,14 +8,17 @@ under older defaults must not stand in for today's run.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "recipes"))
 
-from _run_settings import expected_settings, recorded_settings, stale_runs  # noqa: E402
+import glue_quality  # noqa: E402
+from glue_quality import expected_settings, recorded_settings, stale_runs  # noqa: E402
 
 from adabalance_hf import FINE_TUNING_DEFAULTS  # noqa: E402
 
@@ -34,11 +37,11 @@ def test_the_settings_a_run_gets_come_from_the_recipes_own_parsing() -> None:
     )
     assert expected_settings("glue", "adamw", glue) == {}  # AdaBalance's settings only
 
-    from _run_settings import _recipe
+    import gpt2 as gpt2_recipe  # recipes/gpt2.py, the module the settings are read from
 
     gpt2 = ["--output_dir", "out", "--optim", "adabalancew", "--use_cpu"]
     # the GPT-2 recipe's own defaults over the name's, then --optim_args over both
-    recipe_defaults = _recipe("gpt2").DEFAULT_OPTIM_ARGS
+    recipe_defaults = gpt2_recipe.DEFAULT_OPTIM_ARGS
     assert expected_settings("gpt2", "adabalancew", gpt2) == {**FINE_TUNING_DEFAULTS,
                                                               **recipe_defaults}  # fmt: skip
     chosen = expected_settings("gpt2", "adabalancew", [*gpt2, "--optim_args", "final_lr=0.2"])
@@ -62,28 +65,43 @@ def test_a_record_under_other_or_unknown_settings_is_stale() -> None:
     assert "seed 2" in stale[1] and "no settings kept" in stale[1]
 
 
-def _tuned(tmp_path: Path) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "glue_quality.py"),
+def _tuned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
+    """``glue_quality.py`` run in this process (it stops before any recipe would run): its exit
+    code, stdout and stderr as the interpreter would give them (a ``SystemExit`` message goes to
+    stderr with exit code 1)."""
+    argv = [
+        "glue_quality.py",
         "--glue_dir", str(tmp_path), "--tasks", "sst2", "--optimizers", "adabalance",
         "--lr_grid", "1e-3", "--seeds", "0", "--num_train_epochs", "1",
         "--results_dir", str(tmp_path), "--name", "tuned",
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    monkeypatch.setattr(sys, "argv", argv)
+    capsys.readouterr()
+    try:
+        glue_quality.main()
+        code: int | str | None = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):
+        return 1, out, err + code
+    return code or 0, out, err
 
 
-def test_glue_quality_refuses_to_count_a_run_made_under_other_defaults(tmp_path) -> None:
+def test_glue_quality_refuses_to_count_a_run_made_under_other_defaults(
+    tmp_path, monkeypatch, capsys
+) -> None:
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps([_glue_record(0.01)]))  # as if final_lr's default had been 0.01
-    done = _tuned(tmp_path)
-    assert done.returncode != 0
-    assert "sst2 adabalance seed 0" in done.stderr and "ran with final_lr=0.01" in done.stderr
-    assert f"today final_lr={FINE_TUNING_DEFAULTS['final_lr']:g}" in done.stderr
-    assert "another --name" in done.stderr
+    code, _, err = _tuned(tmp_path, monkeypatch, capsys)
+    assert code != 0
+    assert "sst2 adabalance seed 0" in err and "ran with final_lr=0.01" in err
+    assert f"today final_lr={FINE_TUNING_DEFAULTS['final_lr']:g}" in err
+    assert "another --name" in err
     assert json.loads(path.read_text()) == [_glue_record(0.01)]  # the record stays
 
     # the same run under today's settings is done: nothing runs (there is no data to run on)
     path.write_text(json.dumps([_glue_record(FINE_TUNING_DEFAULTS["final_lr"])]))
-    done = _tuned(tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "sst2 adabalance seed" not in done.stdout
+    code, out, err = _tuned(tmp_path, monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    assert "sst2 adabalance seed" not in out

@@ -1,7 +1,8 @@
 """``benchmarks/gpu_check.py`` runs end to end on the CPU (``--device cpu --quick``): it can't rot.
 
 The GPU run itself (``python benchmarks/gpu_check.py``) needs a CUDA device; here only its CPU
-variant runs, and the refusal to run the full check without CUDA is checked.
+variant runs (a subprocess, as a user runs it: ``slow``), and the refusal to run the full check
+without CUDA and a run out of time are checked through its ``main`` in this process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 SECTIONS = {"parity", "bf16_master", "fp16_grad_scaler", "speed", "gpt2_trainer"}
+sys.path.insert(0, str(SCRIPT.parent))
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -33,6 +35,18 @@ def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
     )
 
 
+def _main(*args: str) -> int:
+    """``gpu_check.main(args)`` in this process, its thread count restored afterwards."""
+    import gpu_check
+
+    threads = torch.get_num_threads()
+    try:
+        return gpu_check.main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
 def test_cpu_quick_run_passes_every_section(tmp_path: Path) -> None:
     # Without WikiText-2 (a user's clone has no ../shared): the fallback data must be learnable.
     none = str(tmp_path / "no-wikitext")
@@ -66,21 +80,19 @@ def test_cpu_quick_run_passes_every_section(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
-def test_without_cuda_it_exits_at_once_with_a_message(tmp_path: Path) -> None:
-    proc = _run("--out_dir", str(tmp_path), timeout=120)
-    assert proc.returncode == 2
-    assert "no CUDA device" in proc.stderr
-    assert "--device cpu --quick" in proc.stderr
+def test_without_cuda_it_exits_at_once_with_a_message(tmp_path: Path, capsys) -> None:
+    assert _main("--out_dir", str(tmp_path)) == 2
+    stderr = capsys.readouterr().err
+    assert "no CUDA device" in stderr
+    assert "--device cpu --quick" in stderr
     assert not (tmp_path / "gpu_check.json").exists()
-    refused = _run("--device", "cpu", "--out_dir", str(tmp_path), timeout=120)
-    assert refused.returncode == 2
-    assert "--quick" in refused.stderr
+    assert _main("--device", "cpu", "--out_dir", str(tmp_path)) == 2
+    assert "--quick" in capsys.readouterr().err
 
 
-def test_a_section_out_of_time_fails_the_run(tmp_path: Path) -> None:
+def test_a_section_out_of_time_fails_the_run(tmp_path: Path, capsys) -> None:
     args = ["--device", "cpu", "--quick", "--sections", "bf16_master", "--total_budget_s", "5"]
-    proc = _run(*args, "--out_dir", str(tmp_path), timeout=120)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert _main(*args, "--out_dir", str(tmp_path)) == 1, capsys.readouterr()
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["passed"] is False
     assert report["sections"]["bf16_master"]["status"] == "timeout"

@@ -112,6 +112,7 @@ def _launch_worker(rank: int, world: int, use_cpu: bool, out: str) -> dict:
     return result
 
 
+@pytest.mark.slow
 @needs_gloo
 @cpu_only
 def test_two_launched_processes_without_use_cpu_stop_the_trainer_and_the_recipes(tmp_path):
@@ -127,6 +128,7 @@ def test_two_launched_processes_without_use_cpu_stop_the_trainer_and_the_recipes
         assert "Accelerator(cpu=True)" in result["recipe"]
 
 
+@pytest.mark.slow
 @needs_gloo
 @cpu_only
 def test_two_launched_processes_with_use_cpu_are_a_real_world(tmp_path) -> None:
@@ -237,6 +239,7 @@ def test_strict_check_is_quiet_for_a_single_process(clean_env) -> None:
 # --- the recipes stop ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_glue_recipe_stops_under_the_simple_launcher(tmp_path, tiny_glue_model) -> None:
     data = write_sentiment_tsvs(tmp_path / "SST-2", train=8, dev=4)

@@ -142,6 +142,7 @@ def skip_together_worker(rank: int, world: int) -> dict:
     return result
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_ranks_skip_together_when_only_one_rank_sees_the_bad_gradient() -> None:
     results = run_workers(skip_together_worker, timeout=120)

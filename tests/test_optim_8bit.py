@@ -218,7 +218,6 @@ def _regression(optimizer_cls: type, steps: int = 150, **kwargs: object) -> floa
     return loss.item()
 
 
-@pytest.mark.slow  # a quality measurement: the one-step oracle tests above are the quick check
 def test_trains_as_well_as_fp32_state_on_a_regression() -> None:
     fp32 = _regression(AdaBalance)
     eight_bit = _regression(AdaBalance8bit, **EAGER)

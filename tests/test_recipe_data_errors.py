@@ -1,11 +1,12 @@
 """The recipes' data errors: each names the file, the line (and column) where the parser gives
 none, and the fix, before any model is built. recipes/glue.py reads through ``datasets``' csv and
 json loaders, whose own errors are passed on with the file's name. The data-loading functions are
-called directly; two subprocess runs show what a user of recipes/glue.py and recipes/gpt2.py
-sees."""
+called directly; the recipes' ``main`` shows what a user of recipes/glue.py and recipes/gpt2.py
+sees: in this process, and again as a subprocess, as a user runs it (``slow``)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -212,18 +213,43 @@ def test_gpt2_text_files_name_the_file_and_the_fix(tmp_path) -> None:
     assert train == dev == [" = Valkyria = ", " some text ."] and source.startswith("files:")
 
 
-# ---- what a user sees: the recipes as subprocesses ---------------------------------------------
+# ---- what a user sees: the recipes' main, in this process and as subprocesses -------------------
 
 
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(
-        [sys.executable, str(RECIPES / script), *args],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+class Done:
+    """A recipe run's exit code and stderr."""
+
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode, self.stderr = returncode, stderr
 
 
-def _error_line(done: subprocess.CompletedProcess, prog: str) -> str:
+@pytest.fixture(params=["in_process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def run_recipe(request, capsys, fresh_accelerate):
+    """``run(script, *args) -> Done``: the recipe's ``main(args)`` in this process (an exception
+    other than ``SystemExit`` fails the test: it would be a traceback), or the script as a
+    subprocess, as a user runs it."""
+
+    def run(script: str, *args: str) -> Done:
+        if request.param == "subprocess":
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            done = subprocess.run(
+                [sys.executable, str(RECIPES / script), *args],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            return Done(done.returncode, done.stderr)
+        recipe = importlib.import_module(script.removesuffix(".py"))
+        capsys.readouterr()
+        try:
+            code = recipe.main(list(args))
+        except SystemExit as stop:
+            code = stop.code
+        fresh_accelerate()
+        return Done(code if isinstance(code, int) else 0, capsys.readouterr().err)
+
+    return run
+
+
+def _error_line(done: Done, prog: str) -> str:
     """The one ``prog: error: ...`` line a failed run ends with: no traceback, exit code 2."""
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -232,11 +258,11 @@ def _error_line(done: subprocess.CompletedProcess, prog: str) -> str:
     return errors[0]
 
 
-def test_glue_recipe_stops_on_a_bad_label_before_building_a_model(tmp_path) -> None:
+def test_glue_recipe_stops_on_a_bad_label_before_building_a_model(tmp_path, run_recipe) -> None:
     folder = _glue_dir(tmp_path / "SST-2", SST2_HEADER + "fine\t1\nbad\tpositive\n")
-    done = _run("glue.py", "--task_name", "sst2", "--data_dir", str(folder),
-                "--model_name_or_path", str(tmp_path / "no-model"),
-                "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    done = run_recipe("glue.py", "--task_name", "sst2", "--data_dir", str(folder),
+                      "--model_name_or_path", str(tmp_path / "no-model"),
+                      "--output_dir", str(tmp_path / "out"))  # fmt: skip
     last = _error_line(done, "glue.py")
     assert re.search(r"glue\.py: error: --data_dir .*train\.tsv line 3, column 'label': "
                      r"'positive' is not one of \('0', '1'\); fix the row", last)  # fmt: skip
@@ -244,28 +270,30 @@ def test_glue_recipe_stops_on_a_bad_label_before_building_a_model(tmp_path) -> N
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_gpt2_recipe_stops_on_a_missing_wikitext_file(tmp_path) -> None:
+def test_gpt2_recipe_stops_on_a_missing_wikitext_file(tmp_path, run_recipe) -> None:
     valid = tmp_path / "wiki.valid.raw"
     valid.write_text("some text .\n")
-    done = _run("gpt2.py", "--train_file", str(tmp_path / "wikitext-2" / "wiki.train.raw"),
-                "--validation_file", str(valid), "--train_tokenizer",
-                "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-                "--use_cpu")  # fmt: skip
+    done = run_recipe("gpt2.py", "--train_file", str(tmp_path / "wikitext-2" / "wiki.train.raw"),
+                      "--validation_file", str(valid), "--train_tokenizer",
+                      "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+                      "--use_cpu")  # fmt: skip
     last = _error_line(done, "gpt2.py")
     assert last.startswith("gpt2.py: error: --train_file ")
     assert "wiki.train.raw: no such file" in last
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_a_bad_optimizer_option_is_one_usage_line_and_one_error_line(tmp_path) -> None:
+def test_a_bad_optimizer_option_is_one_usage_line_and_one_error_line(tmp_path, run_recipe) -> None:
     # argparse's form, as for any other bad flag: "usage: ..." and "prog: error: <flag> <value>:
     # <fix>", exit code 2, no traceback (the option is checked before any data or model is read)
-    glue = _run("glue.py", "--task_name", "sst2", "--model_name_or_path", "x",
-                "--learning_rate=-1e-3")  # fmt: skip
+    glue = run_recipe("glue.py", "--task_name", "sst2", "--model_name_or_path", "x",
+                      "--learning_rate=-1e-3")  # fmt: skip
     fix = "must lie in [0.0, inf)"
     assert _error_line(glue, "glue.py") == f"glue.py: error: --learning_rate -0.001: {fix}"
     assert glue.stderr.startswith("usage: glue.py [-h] ") and len(glue.stderr.splitlines()) == 2
-    gpt2 = _run("gpt2.py", "--output_dir", str(tmp_path), "--use_cpu", "--learning_rate=-1e-3")
+    gpt2 = run_recipe(
+        "gpt2.py", "--output_dir", str(tmp_path), "--use_cpu", "--learning_rate=-1e-3"
+    )
     last = _error_line(gpt2, "gpt2.py")
     assert re.match(r"gpt2\.py: error: --learning_rate -0\.001\b.*must lie in \[0\.0, inf\)$", last)
     assert gpt2.stderr.startswith("usage: gpt2.py [-h] ") and len(gpt2.stderr.splitlines()) == 2

@@ -154,6 +154,7 @@ def test_quickstart_arguments_and_bundled_data():
 # --- end to end -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(setup, tmp_path):
     # AdamW at 1e-2 learns this tiny task in 24 updates (with seed 4; not with every seed: 0, 1,
     # 5 to 9 stay at chance); 4 epochs of 6 updates of 8 examples

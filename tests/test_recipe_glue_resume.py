@@ -2,15 +2,16 @@
 uninterrupted run ends; its checkpoints are atomic and verified; non-finite steps are skipped;
 without matplotlib it says so before training and writes everything but the plot.
 
-The killed runs are subprocesses started through tests/_kill_driver.py, which SIGKILLs them at
-the N-th call of a chosen function: between optimizer steps, in the middle of a checkpoint write,
-right after a commit, during an evaluation. SIGINT and SIGTERM come from the same faults in this
-process (``_kill_driver.install``), after the N-th optimizer step. The resumed run must end with
-the same weights, optimizer state (step counts, m, v, s), scheduler, RNG states, logged losses,
-metrics and diagnostics as the reference run, to the bit. The tiny BERT keeps dropout (0.1) and
-the loader shuffles every epoch, so a wrong RNG state or data position changes the result; the
-logging interval (3 steps) differs from the checkpoint interval (4) so that losses logged across
-a checkpoint are checked too. Every run uses one thread (the same reduction order everywhere).
+The killed runs are subprocesses (``slow``) started through tests/_kill_driver.py, which SIGKILLs
+them at the N-th call of a chosen function: between optimizer steps, in the middle of a checkpoint
+write, right after a commit, during an evaluation. SIGINT and SIGTERM come from the same faults in
+this process (``_kill_driver.install``), after the N-th optimizer step. The resumed run must end
+with the same weights, optimizer state (step counts, m, v, s), scheduler, RNG states, logged
+losses, metrics and diagnostics as the reference run (run in this process), to the bit. The tiny
+BERT keeps dropout (0.1) and the loader shuffles every epoch, so a wrong RNG state or data
+position changes the result; the logging interval (3 steps) differs from the checkpoint interval
+(4) so that losses logged across a checkpoint are checked too. Every run uses one thread (the same
+reduction order everywhere).
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ def run_here(argv: list[str], monkeypatch=None, fault: str | None = None) -> int
 
 @pytest.fixture(scope="module")
 def reference(setup, tmp_path_factory):
+    """The uninterrupted run, in this process: the same bits as a subprocess run (the killed
+    runs, subprocesses, end bitwise where it ends)."""
     out = tmp_path_factory.mktemp("glue_reference") / "run"
-    run(setup, out)
+    assert run_here(_args(setup, out)) == 0
     return out
 
 
@@ -179,6 +182,7 @@ def test_reference_run(reference):
     assert {float(s["step"]) for s in state.values()} == {24.0}
 
 
+@pytest.mark.slow
 def test_killed_four_times_and_resumed_ends_bitwise_as_the_reference(setup, reference, tmp_path):
     out, auto = tmp_path / "run", ("--resume_from_checkpoint", "auto", "--save_total_limit", "3")
     checkpoints = out / "checkpoints"

@@ -135,17 +135,17 @@ def test_name_defaults_gpt2_settings_keep_the_names_values_through_the_recipe(tm
     # benchmarks/name_defaults.py measures the Trainer names' defaults with this recipe: the
     # recipe's own final_lr must not leak into those runs
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from name_defaults import GLUE_RECIPE, _with_name_defaults
+    from name_defaults import GLUE_RECIPE, with_name_defaults
 
     from adabalance_hf import FINE_TUNING_DEFAULTS
 
-    optim_args = _with_name_defaults("adabalancew", GLUE_RECIPE)
+    optim_args = with_name_defaults("adabalancew", GLUE_RECIPE)
     _, _, training_args, applied = _parse(tmp_path, "--optim_args", optim_args)
     assert applied == {}
     assert (
         adabalance_optimizer_kwargs(training_args)["final_lr"] == FINE_TUNING_DEFAULTS["final_lr"]
     )
-    assert _with_name_defaults("adamw_torch", "") == ""
+    assert with_name_defaults("adamw_torch", "") == ""
 
 
 @pytest.mark.parametrize(

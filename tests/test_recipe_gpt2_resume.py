@@ -28,6 +28,7 @@ from test_recipe_gpt2 import write_text_files
 from adabalance_hf.checkpoint import verify_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # 2-3 subprocess runs of the recipe per test
 STEPS = 12  # 40 blocks of 32 tokens, batch 8: 5 steps an epoch; saves at 4, 8, 12
 # Kill points (tests/_kill_driver.py specs).
 STEP = "adabalance_hf.optim.adabalance:AdaBalance.step"

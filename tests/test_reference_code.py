@@ -1,7 +1,8 @@
 """The benchmark's baseline, ``benchmarks/_reference_adabalance.py``, computes AdaBalance.
 
-``benchmarks/step_speed.py`` times the reference code's step loop as a baseline; its figures
-compare like with like only while that loop computes what the spec says. Checked here against
+``benchmarks/step_speed.py`` times the reference code's step loop as a baseline (the class is
+imported from there, as the benchmark uses it); its figures compare like with like only while
+that loop computes what the spec says. Checked here against
 the float64 oracle (``_oracle.py``), in float64, element by element: two parameter groups with
 their own hyper-parameters, a learning-rate change (the bounds follow ``lr / base_lr``), tensors
 without a gradient on some steps, and gradient scales over four decades so that both bounds of
@@ -21,7 +22,7 @@ from _oracle import OracleAdaBalance, relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _reference_adabalance import ReferenceAdaBalance
+from step_speed import ReferenceAdaBalance
 
 TOLERANCE = 1e-12
 STEPS = 200

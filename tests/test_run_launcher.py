@@ -5,6 +5,10 @@ A script shaped like transformers' examples (``tests/_example_script.py``: stock
 and the launchers (``accelerate launch`` with the shipped ``recipes/configs/multi_cpu.yaml``,
 ``torchrun``) run unmodified; the launcher must give every process they start the names, and
 keep the target's argv, process, signals and exit code.
+
+Every test starts processes that import transformers; two stay in the quick loop (``-m "not
+slow"``): a stock script trained through the launcher (argv, exit code, the options reaching the
+optimizer) and the cost and registration of ``import adabalance_hf`` in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def test_import_is_cheap_and_registers_when_transformers_is_imported(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "adabalancew_8bit"
 
 
+@pytest.mark.slow
 def test_names_registered_when_transformers_was_imported_first(tmp_path):
     done = _python(
         "from transformers import Trainer, TrainingArguments\n"
@@ -78,6 +83,7 @@ def test_names_registered_when_transformers_was_imported_first(tmp_path):
     assert done.stdout.split() == ["AdaBalance", "0.3", "0.9"]
 
 
+@pytest.mark.slow
 def test_without_the_package_the_stock_script_refuses_the_name(tmp_path):
     """What the launcher fixes: argparse's `invalid choice` before anything trains."""
     done = _run(
@@ -100,6 +106,7 @@ def test_a_stock_script_trains_with_the_name_and_keeps_argv_and_exit_code(tmp_pa
     assert report["argv"] == [*argv[1:], "--exit_code", "3"]
 
 
+@pytest.mark.slow
 def test_module_form_and_console_script(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
@@ -113,6 +120,7 @@ def test_module_form_and_console_script(tmp_path):
     assert _report(tmp_path / "out")["optimizer"] == "AdaBalance8bit"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_bad_option_is_one_short_error_naming_the_flag(tmp_path, debug):
     argv = [str(SCRIPT), "--output_dir", "out", "--optim", "adabalance"]
@@ -129,6 +137,7 @@ def test_a_bad_option_is_one_short_error_naming_the_flag(tmp_path, debug):
         assert "not a finite float" in lines[-2] and "ADABALANCE_HF_DEBUG=1" in lines[-1]
 
 
+@pytest.mark.slow
 def test_signals_reach_the_target_which_is_the_launched_process(tmp_path):
     argv = [str(SCRIPT), "--output_dir", "out", "--optim", "adabalance", *TRAIN]
     process = subprocess.Popen(
@@ -148,6 +157,7 @@ def test_signals_reach_the_target_which_is_the_launched_process(tmp_path):
     assert _report(tmp_path / "out")["pid"] == process.pid  # exec: no wrapper process
 
 
+@pytest.mark.slow
 def test_a_sitecustomize_of_the_environment_still_runs(tmp_path):
     own = tmp_path / "own_site"
     own.mkdir()

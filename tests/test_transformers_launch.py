@@ -13,6 +13,7 @@ import pytest
 import torch
 from _dist_helpers import needs_gloo, run_workers
 
+pytestmark = pytest.mark.slow  # 2 spawned processes per test, each importing transformers
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the trap needs a GPU-less machine")
 
 

@@ -103,6 +103,7 @@ def test_a_changed_transformers_gives_one_warning_naming_the_version_and_the_way
     assert "_member_names_" in messages[0] and "_OPTIMIZER_HANDLERS" in messages[1]
 
 
+@pytest.mark.slow
 def test_import_does_not_fail_when_transformers_internals_changed(tmp_path):
     """A transformers without the handler table: import works, names unavailable, one warning."""
     script = """

@@ -1,5 +1,9 @@
 """Peak transient memory of a piece of code, on CPU (profiler events) or CUDA (allocator stats).
 
+Shared by the benchmarks (``benchmarks/step_speed.py``, ``gpu_check.py``'s speed section) and the
+tests (``tests/test_optim_memory.py``), which is why it lives in the package; it is not part of
+the public API. ``python -m adabalance_hf._memory`` runs :func:`self_check`.
+
 CPU method: run the code under ``torch.profiler.profile(profile_memory=True)``. With memory
 profiling on, every allocation and free made through c10's CPU allocator is recorded as a
 ``[memory]`` event carrying a signed byte count (positive: allocation, negative: free) and a
