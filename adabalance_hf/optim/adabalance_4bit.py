@@ -20,11 +20,15 @@ class AdaBalance4bit(LowBitAdaBalance):
     biases and norms keep fp32 state), against 3.10 for :class:`AdaBalance8bit`, 12 for fp32
     state and about 2.04 for the 8-bit AdamWs (two states).
 
-    The layout is the smallest that held quality in ``benchmarks/lowbit_ablation.py`` (GPT-2 on
-    WikiText-2 at the GPT-2 recipe's settings, ``beta3=0.99``): ``m`` in 4 bits cost +3.2%
-    perplexity in blocks of 128 and +0.8% in blocks of 32; ``v`` in 4 bits costs nothing
-    measurable as a float code; ``s`` in 4 bits cost +7.7% (its stochastic rounding noise
-    accumulates over the ``1 / (1 - beta3)`` steps of its average), so it keeps 8 bits. The codes:
+    The layout comes from a per-state ablation (``benchmarks/lowbit_ablation.py``: GPT-2 on
+    WikiText-2 at the GPT-2 recipe's settings, ``beta3=0.99``; records in
+    ``benchmarks/results/lowbit_ablation.md``): ``m`` in 4 bits cost +3.2% perplexity in blocks
+    of 128 and +0.8% in blocks of 32; ``v`` as a 4-bit float without a zero code -0.2% (a
+    linear map: +2.4%; the float with a zero code diverged on one seed of two); ``s`` in 4 bits
+    cost +7.7% in blocks of 128 (its rounding noise accumulates over the ``1 / (1 - beta3)``
+    steps of its average), so it keeps 8 bits. Together, over 3 seeds, this layout costs
+    **+3.2% perplexity** against fp32 state there (AdaBalance8bit: -0.1%), and -0.3 F1 on MRPC
+    (one seed, ``beta3=0.9``): use it where memory matters more than that. The codes:
 
     * ``exp_avg``: a sign and a float with 2 exponent and 1 mantissa bits (E2M1: ``1/8`` to ``1``
       of the block's scale, and 0), rounded to nearest;
@@ -32,6 +36,10 @@ class AdaBalance4bit(LowBitAdaBalance):
       no zero (``1.5 * 2**-8`` to ``1`` of the scale: a ``v`` rounded to 0 would make the step
       ``lr / eps``), rounded stochastically (the maximum: to nearest);
     * ``exp_avg_lr``: :class:`AdaBalance8bit`'s (5 exponent, 3 mantissa bits), stochastically.
+
+    Its compiled step is, measured on a 2-core CPU, 13x ``AdamW(fused=True)`` (twice
+    :class:`AdaBalance8bit`) and allocates fp32 temporaries of the new ``m`` and ``v`` of each
+    tensor (187 MiB at BERT-base's embedding): a known defect of the packed kernel.
 
     ``block_size`` (default 32) must be even. ``state_dict()`` holds the packed codes under
     AdaBalance's keys, shaped ``(*leading, blocks, block_size // 2)``, and the scales under
