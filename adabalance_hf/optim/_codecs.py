@@ -119,15 +119,19 @@ class Codec:
             return codes.to(self.dtype)
         if self.signed:
             codes = torch.where(codes < 0, 8 - codes, codes)  # sign bit 3, magnitude bits 0-2
-        pairs = codes.view(*codes.shape[:-1], -1, 2)
-        return (pairs[..., 0] | (pairs[..., 1] << 4)).to(torch.uint8)
+        # Strided slices, not a reshape into pairs: inductor keeps them in the encoding loop
+        # instead of storing every int32 code in between.
+        return (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
 
     def load(self, stored: Tensor) -> Tensor:
         """The int32 codes ``(blocks, block_size)`` of stored codes (inverse of :meth:`store`)."""
         if self.bits == 8:
             return stored.to(torch.int32)
-        byte = stored.to(torch.int32)
-        codes = torch.stack([byte & 15, byte >> 4], dim=-1).view(*stored.shape[:-1], -1)
+        # Element k reads byte k // 2 and shifts by 0 or 4: an indexed load in the kernel's own
+        # loop (a stack or an expanded reshape makes inductor store every code in between).
+        index = torch.arange(2 * stored.shape[-1], device=stored.device)
+        byte = stored[..., index >> 1].to(torch.int32)
+        codes = (byte >> ((index & 1) * 4).to(torch.int32)) & 15
         if self.signed:
             codes = torch.where(codes >= 8, 8 - codes, codes)
         return codes
