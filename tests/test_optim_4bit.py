@@ -14,7 +14,6 @@ byte per element: ``2**(E - 127) * (1 + M / 8)`` with ``E, M`` the exponent and 
 from __future__ import annotations
 
 import io
-import math
 
 import pytest
 import torch
@@ -305,36 +304,7 @@ def test_bf16_parameters_step_with_and_without_master_weights(master_weights) ->
         assert "master_param" not in state
 
 
-def test_a_nonfinite_gradient_skips_the_whole_step() -> None:
-    params = _params()
-    optimizer = AdaBalance4bit(params, lr=1e-2, skip_nonfinite_grads=True, **EAGER)
-    _train(params, optimizer, 2, seed=9)
-    before = {key: optimizer.state[params[0]][key].clone() for key in KEYS}
-    values = [p.detach().clone() for p in params]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    params[1].grad[0, 0] = math.nan
-    optimizer.step()
-    assert optimizer.nonfinite_steps_skipped == 1
-    assert all(torch.equal(p, v) for p, v in zip(params, values, strict=True))
-    assert all(torch.equal(optimizer.state[params[0]][k], v) for k, v in before.items())
-
-
-def test_gradscaler_tensors_unscale_and_skip() -> None:
-    runs = []
-    for scale, found in ((None, None), (4.0, 0.0), (4.0, 1.0)):
-        params = _params()
-        optimizer = AdaBalance4bit(params, lr=1e-2, **EAGER)
-        for p in params:
-            p.grad = torch.ones_like(p) * (scale or 1.0)
-        if scale is not None:
-            optimizer.grad_scale = torch.tensor(scale)
-            optimizer.found_inf = torch.tensor(found)
-        optimizer.step()
-        runs.append(params)
-    plain, unscaled, skipped = runs
-    assert all(torch.equal(a, b) for a, b in zip(plain, unscaled, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(skipped, _params(), strict=True))
+# The non-finite skip and GradScaler tests run for both classes in tests/test_optim_8bit.py.
 
 
 # Each stochastically rounded state, and a first-step gradient pattern that puts its values at

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from adabalance_hf import AdaBalance, AdaBalance8bit
+from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
 from adabalance_hf.distributed.state_bytes import optimizer_state_bytes
 from adabalance_hf.optim._blockwise_state import CODECS
 from adabalance_hf.optim._codecs import noise_fields, rounding_noise, step_seed
@@ -387,9 +387,10 @@ def test_bf16_parameters_step_on_fp32_master_weights() -> None:
     assert not torch.equal(state["master_param"], state["master_param"].bfloat16().float())
 
 
-def test_a_nonfinite_gradient_skips_the_whole_step() -> None:
+@pytest.mark.parametrize("cls", [AdaBalance8bit, AdaBalance4bit])
+def test_a_nonfinite_gradient_skips_the_whole_step(cls) -> None:
     params = _params()
-    optimizer = AdaBalance8bit(params, lr=1e-2, skip_nonfinite_grads=True, **EAGER)
+    optimizer = cls(params, lr=1e-2, skip_nonfinite_grads=True, **EAGER)
     _train(params, optimizer, 2, seed=9)
     before = {key: optimizer.state[params[0]][key].clone() for key in KEYS}
     values = [p.detach().clone() for p in params]
@@ -402,11 +403,12 @@ def test_a_nonfinite_gradient_skips_the_whole_step() -> None:
     assert all(torch.equal(optimizer.state[params[0]][k], v) for k, v in before.items())
 
 
-def test_gradscaler_tensors_unscale_and_skip() -> None:
+@pytest.mark.parametrize("cls", [AdaBalance8bit, AdaBalance4bit])
+def test_gradscaler_tensors_unscale_and_skip(cls) -> None:
     runs = []
     for scale, found in ((None, None), (4.0, 0.0), (4.0, 1.0)):
         params = _params()
-        optimizer = AdaBalance8bit(params, lr=1e-2, **EAGER)
+        optimizer = cls(params, lr=1e-2, **EAGER)
         for p in params:
             p.grad = torch.ones_like(p) * (scale or 1.0)
         if scale is not None:
