@@ -1,9 +1,9 @@
-"""The fused path steps small tensors together (one kernel call) and large ones one call each.
+"""The fused path steps small tensors as one concatenated tensor, and tensors in chunks per call.
 
 Batching must not change a single bit: the kernel is elementwise, so stepping a concatenation and
 copying back gives what stepping each tensor gives. Each test checks that its tensors really were
 batched (with master weights where they are low-precision); the oracle checks both the batched
-path and the one-call-per-tensor path that large tensors take.
+path and the unbatched one, where every tensor is a member of a chunk of its own.
 """
 
 from __future__ import annotations
@@ -94,19 +94,23 @@ def test_batched_master_weights_follow_the_oracle(
     assert max(errors.values()) <= 1e-5, errors
 
 
-def _count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    sizes: list[int] = []
-    run_kernel = _fused._run_kernel
+def _record_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record each compiled call's tensor sizes, the scratch tensors of a short chunk left out."""
+    calls: list[list[int]] = []
+    run_compiled = _fused.run_compiled
 
-    def counting(variant: tuple, tensors: _fused.KernelTensors, *args: object) -> None:
-        sizes.append(tensors.param.numel())
-        run_kernel(variant, tensors, *args)
+    def recording(variant, kernel, args, **kwargs) -> None:
+        chunk = args[0]
+        assert len(chunk) == _fused._CHUNK  # every call is a full chunk: one compiled graph
+        scratch = _fused._scratch(variant, chunk[0].param.device)
+        calls.append([t.param.numel() for t in chunk if not any(t is s for s in scratch)])
+        run_compiled(variant, kernel, args, **kwargs)
 
-    monkeypatch.setattr(_fused, "_run_kernel", counting)
-    return sizes
+    monkeypatch.setattr(_fused, "run_compiled", recording)
+    return calls
 
 
-def test_small_tensors_share_one_call_per_variant_and_large_ones_get_their_own(
+def test_small_tensors_share_one_member_per_variant_and_large_ones_share_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     large = _fused._BATCH_NUMEL
@@ -115,10 +119,61 @@ def test_small_tensors_share_one_call_per_variant_and_large_ones_get_their_own(
     for param in params:
         param.grad = torch.ones_like(param)
     optimizer = AdaBalance(params, fused=True)
-    calls = _count_kernel_calls(monkeypatch)
+    calls = _record_calls(monkeypatch)
     optimizer.step()
-    # fp32 smalls together (113 elements), the large one alone, the bf16 one in its own variant
-    assert sorted(calls) == sorted([113, large, 20])
+    # fp32: the large one and the smalls concatenated (113 elements) in one call; bf16 apart
+    assert sorted(calls) == sorted([[large, 113], [20]])
+
+
+# 2-D and 1-D tensors above the batching size, two of them equal in size, and two small ones.
+LARGE_SHAPES = [(256, 256), (65_552,), (300, 256), (256, 256), (257, 256), (65_536,)]
+
+
+def _train_large(steps: int = 5) -> tuple[list[torch.Tensor], AdaBalance]:
+    generator = torch.Generator().manual_seed(0)
+    params = [
+        torch.randn(shape, generator=generator).requires_grad_()
+        for shape in [*LARGE_SHAPES, (3,), (10,)]
+    ]
+    optimizer = AdaBalance(params, lr=1e-2, amsbound=True, fused=True)
+    for step in range(steps):
+        for i, param in enumerate(params):
+            # Every other step, one large tensor has no gradient: chunks change members.
+            missing = step % 2 == 1 and i == 2
+            param.grad = None if missing else torch.randn(param.shape, generator=generator)
+        optimizer.step()
+    return params, optimizer
+
+
+def test_large_tensors_step_in_full_chunks_bitwise_like_one_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as patch:
+        calls = _record_calls(patch)
+        chunked, chunked_optimizer = _train_large()
+    numels = [torch.Size(shape).numel() for shape in LARGE_SHAPES]
+    assert calls[0] == numels[:4] and calls[1] == [*numels[4:], 13]  # 13: the smalls together
+    monkeypatch.setattr(_fused, "_CHUNK", 1)
+    single, single_optimizer = _train_large()
+    for a, b in zip(chunked, single, strict=True):
+        assert torch.equal(a, b)
+        for key, value in chunked_optimizer.state[a].items():
+            assert torch.equal(value, single_optimizer.state[b][key]), key
+
+
+def test_one_compiled_graph_serves_every_chunk() -> None:
+    """Views of 2-D and 1-D tensors, concatenations, scratch tensors, equal and unequal sizes.
+
+    Dynamo would otherwise guard on each slot's view base and on which sizes were equal at the
+    first call, and recompile for each new pattern, up to its cache limit (then run eagerly).
+    """
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    _fused._compiled_kernel.cache_clear()
+    before = counters["stats"]["unique_graphs"]
+    _train_large()
+    assert counters["stats"]["unique_graphs"] - before == 1
 
 
 def test_tensors_at_different_steps_are_not_batched_together(
@@ -130,9 +185,9 @@ def test_tensors_at_different_steps_are_not_batched_together(
     optimizer.step()  # only `first` has a gradient: its step count runs ahead
     late.grad = torch.ones_like(late)
     first.grad = torch.ones_like(first)
-    calls = _count_kernel_calls(monkeypatch)
+    calls = _record_calls(monkeypatch)
     optimizer.step()
-    assert sorted(calls) == [4, 6]  # different bias corrections and bounds: separate calls
+    assert sorted(calls) == [[4], [6]]  # different bias corrections and bounds: separate calls
 
 
 @pytest.mark.parametrize(
@@ -140,7 +195,7 @@ def test_tensors_at_different_steps_are_not_batched_together(
     [{}, {"amsbound": True, "weight_decay": 0.05, "decoupled_weight_decay": True, "gamma": 0.01}],
     ids=["defaults", "everything_on"],
 )
-def test_one_call_per_tensor_follows_the_oracle(
+def test_unbatched_tensors_in_chunks_follow_the_oracle(
     config: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_fused, "_BATCH_NUMEL", 0)

@@ -83,8 +83,8 @@ class AdaBalance(Optimizer):
         foreach (bool, optional): use the multi-tensor ``torch._foreach_*`` implementation,
             in chunks of at most 10% of the parameters' elements. ``None`` picks it where torch
             would (all parameters on CUDA). Default: ``None``
-        fused (bool, optional): use one ``torch.compile``-generated kernel per tensor (CPU and
-            CUDA; the first step compiles). Default: ``None`` (not fused)
+        fused (bool, optional): use ``torch.compile``-generated kernels, four tensors per call
+            (CPU and CUDA; the first step compiles). Default: ``None`` (not fused)
         master_weights (bool, optional): for bf16/fp16 parameters, keep an fp32 master copy in
             the state (``"master_param"``), do the arithmetic on it and write the rounded result
             into the parameter. State (m, v, s) of such parameters is fp32 either way.
