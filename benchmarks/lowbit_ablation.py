@@ -15,7 +15,11 @@ on ``test.txt`` and reports the perplexity on ``valid.txt``, once per variant:
   state; a suffix ``!n`` rounds to nearest, ``!s`` stochastically, ``!g`` stochastically with
   low-discrepancy draws (each element's draws step by 1/golden ratio from a random start).
   ``fake-nearest:<states>`` rounds every listed state to nearest; ``@N`` after a code: blocks
-  of ``N`` (default 128).
+  of ``N`` (default 128); ``@r1``: Li et al.'s rank-1 normalization for matrices (element
+  ``(i, j)`` scaled by the smaller of row ``i``'s and column ``j``'s largest magnitude, both in
+  bf16: ``2 (rows + cols)`` bytes a matrix), blocks of 32 for the other tensors. A ``^``
+  after the code: the scales are powers of two (rounded up: one byte each, as the MX formats'
+  E8M0 scales), e.g. ``fake:s=e2m2nz^@32``.
   Examples: ``fake:m,v`` (8-bit), ``fake:v=4``, ``fake:s=e4m0!s``, ``fake:m=4@32``; ``4bit@32``.
 
 Words are the tokens (WikiText-2 is tokenized): the 8,191 most frequent words of the training
@@ -89,22 +93,35 @@ def parse_codec(state: str, spec: str, nearest: bool) -> Codec:
         raise SystemExit(f"unknown code {spec!r} for state {state}")
     if nearest or rounding == "n":
         return dataclasses.replace(codec, stochastic=False)
-    return dataclasses.replace(codec, stochastic=True) if rounding in "sg" else codec
+    return dataclasses.replace(codec, stochastic=True) if rounding in ("s", "g") else codec
 
 
-def fake_codecs(variant: str) -> dict[str, tuple[Codec, int, bool]]:
-    """State key -> (codec, block size, low-discrepancy noise) of a ``fake:`` variant."""
+def fake_codecs(variant: str) -> dict[str, tuple[Codec, int | None, bool, bool]]:
+    """State key -> (codec, block size or None for rank-1, low-discrepancy noise, power-of-two
+    scales) of a ``fake:`` variant."""
     kind, _, listed = variant.partition(":")
     codecs = {}
     for item in listed.split(","):
         state, _, spec = item.partition("=")
         spec, _, block = spec.partition("@")
+        power_of_two = spec.endswith("^")
+        spec = spec.removesuffix("^")
         codec = parse_codec(state, spec, kind == "fake-nearest")
-        codecs[STATE_KEYS[state]] = (codec, int(block or 128), spec.endswith("!g"))
+        size = None if block == "r1" else int(block or 128)
+        codecs[STATE_KEYS[state]] = (codec, size, spec.endswith("!g"), power_of_two)
     return codecs
 
 
-def round_states(optimizer: AdaBalance, codecs: dict[str, tuple[Codec, int, bool]]) -> None:
+def rank1_scale(codec: Codec, values: torch.Tensor) -> torch.Tensor:
+    """Li et al.'s rank-1 normalizer of a matrix: min(row's, column's largest magnitude)."""
+    rows = codec.scale_of(values)  # (rows, 1), rounded up as the codec stores its scales
+    columns = codec.scale_of(values.t().contiguous()).t()  # (1, cols)
+    return torch.minimum(rows, columns)
+
+
+def round_states(
+    optimizer: AdaBalance, codecs: dict[str, tuple[Codec, int | None, bool, bool]]
+) -> None:
     """Round the given states of every blockable tensor through their codecs."""
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -117,13 +134,19 @@ def round_states(optimizer: AdaBalance, codecs: dict[str, tuple[Codec, int, bool
             fields = [*noise_fields(hashed), *noise_fields(rounding_noise(hashed, 1))]
             start = rounding_noise(index, 0)
             starts = [*noise_fields(start), *noise_fields(rounding_noise(start, 1))]
-            for i, (key, (codec, block_size, golden)) in enumerate(codecs.items()):
+            for i, (key, (codec, block_size, golden, power_of_two)) in enumerate(codecs.items()):
                 if golden:  # an additive recurrence: successive draws spread evenly
                     fields[i] = (starts[i] + step * 40503) & 0xFFFF
-                block = tensor_block_size(param, block_size)
-                values = state[key].view(-1, block)
-                scale = codec.scale_of(values)
-                noise = codec.noise(fields[i].view(-1, block)) if codec.stochastic else None
+                if block_size is None and param.dim() == 2:
+                    values = state[key]
+                    scale = rank1_scale(codec, values)
+                else:
+                    block = tensor_block_size(param, block_size or 32)
+                    values = state[key].view(-1, block)
+                    scale = codec.scale_of(values)
+                if power_of_two:  # round the fp32 pattern up to its exponent
+                    scale = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+                noise = codec.noise(fields[i].view_as(values)) if codec.stochastic else None
                 values.copy_(codec.decode(codec.encode(values, scale, noise), scale))
 
 
