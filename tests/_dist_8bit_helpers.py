@@ -45,7 +45,7 @@ LOW_BIT = {
     "AdaBalance4bit": {
         "exp_avg": (torch.uint8, torch.bfloat16),
         "exp_avg_sq": (torch.uint8, torch.bfloat16),
-        "exp_avg_lr": (torch.uint8, torch.float32),  # 8-bit
+        "exp_avg_lr": (torch.uint8, torch.bfloat16),
     },
 }
 

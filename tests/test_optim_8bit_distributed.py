@@ -61,7 +61,9 @@ pytestmark = [needs_gloo, pytest.mark.slow]  # 2 spawned processes per run
 MIN_8BIT_SHARE = 0.9
 #: How far DeepSpeed ZeRO-2's run may land from the single-process one (its blocks run along
 #: the flat partition, so the codes round differently; 4-bit codes more coarsely).
-DEEPSPEED_TOLERANCE = {"AdaBalance8bit": 2e-4, "AdaBalance4bit": 1e-3}  # 4-bit: 5.1e-4 measured
+# 4-bit: 6.0e-3 measured (lr 1e-2, 5 steps): all three 4-bit states round stochastically, and
+# the flat partitions draw other noise than the matrices; 8-bit rounds only v and s so.
+DEEPSPEED_TOLERANCE = {"AdaBalance8bit": 2e-4, "AdaBalance4bit": 1e-2}
 #: A 2-D weight with 8-bit state, checked by name.
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _hf_helpers import classification_data, inner_optimizer, make_args, tiny_bert
+from test_optim_4bit import reference_decode as reference_decode_4bit
 from test_optim_8bit import reference_decode
 from test_transformers_resume import CountSteps, StopAt, assert_same_state
 from transformers import BertForSequenceClassification, TrainerCallback
@@ -70,8 +71,8 @@ def test_the_8bit_name_builds_adabalance8bit_with_the_fine_tuning_defaults(tmp_p
 
 
 def assert_diagnostics_read_the_codes(optimizer, logs: KeepLogs) -> None:
-    """The logged share of rates at the upper bound, recounted here from the 8-bit codes of
-    ``exp_avg_lr`` (both low-bit classes keep it in 8 bits)."""
+    """The logged share of rates at the upper bound, recounted here from the codes of
+    ``exp_avg_lr`` (8-bit, or 4-bit packed: one more dimension than the scales)."""
     logged = next(entry for entry in reversed(logs.logs) if "adabalance/frac_at_upper" in entry)
     at_upper = total = 0
     for g in optimizer.param_groups:
@@ -80,7 +81,11 @@ def assert_diagnostics_read_the_codes(optimizer, logs: KeepLogs) -> None:
             state = optimizer.state[p]
             rate = state["exp_avg_lr"]
             if rate.dtype == torch.uint8:
-                rate = reference_decode(rate, state["exp_avg_lr_scale"])
+                scale = state["exp_avg_lr_scale"]
+                if rate.dim() == scale.dim() + 1:
+                    rate = reference_decode_4bit("exp_avg_lr", rate, scale)
+                else:
+                    rate = reference_decode(rate, scale)
             bounds = step_scalars(float(state["step"]), lr=logged["learning_rate"],
                                   base_lr=g["base_lr"], beta1=beta1, beta2=beta2,
                                   final_lr=g["final_lr"], gamma=g["gamma"])  # fmt: skip

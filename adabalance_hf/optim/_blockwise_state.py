@@ -45,13 +45,16 @@ MIN_BLOCK_SIZE = 32
 #: The states that get codes.
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_lr", "max_exp_avg_sq")
 
-#: The codec of each state at each width. ``exp_avg`` rounds to nearest; ``exp_avg_sq`` and
-#: ``exp_avg_lr`` stochastically (their averages move by less than a code step per step);
-#: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits ``exp_avg`` is a sign and a
-#: float with 2 exponent and 1 mantissa bits (E2M1, as the FP4 element of the MX formats but
-#: without its subnormal), the second moments an unsigned float with 3 exponent and 1 mantissa
-#: bits and no zero (its code 0 is the smallest value, so ``v`` never decodes to 0 and the step
-#: never becomes ``lr / eps``: Li et al.'s "zero-point problem"); their linear zero-free map
+#: The codec of each state at each width. At 8 bits ``exp_avg`` rounds to nearest; ``exp_avg_sq``
+#: and ``exp_avg_lr`` stochastically (their averages move by less than a code step per step);
+#: ``max_exp_avg_sq`` (amsbound), a maximum, to nearest. At 4 bits every average rounds
+#: stochastically (``m`` rounded to nearest cost +3.2% perplexity in the ablation, stochastically
+#: +0.7%): ``exp_avg`` is a sign and a float with 2 exponent and 1 mantissa bits (E2M1, as the
+#: FP4 element of the MX formats but without its subnormal); the second moments an unsigned float
+#: with 3 exponent and 1 mantissa bits and no zero (its code 0 is the smallest value, so ``v``
+#: never decodes to 0 and the step never becomes ``lr / eps``: Li et al.'s "zero-point
+#: problem"); ``exp_avg_lr`` an unsigned float with 2 exponent and 2 mantissa bits and no zero
+#: (with a zero code, or 3 exponent bits, it cost +2% to +26%). Their linear zero-free map
 #: (``LinearCode``) measured worse here; see ``benchmarks/results/lowbit_ablation.md``.
 CODECS: dict[int, dict[str, Codec]] = {
     8: {
@@ -61,9 +64,9 @@ CODECS: dict[int, dict[str, Codec]] = {
         "max_exp_avg_sq": FloatCode(8, signed=False, stochastic=False, mantissa_bits=3),
     },
     4: {
-        "exp_avg": FloatCode(4, signed=True, stochastic=False, mantissa_bits=1),
+        "exp_avg": FloatCode(4, signed=True, stochastic=True, mantissa_bits=1),
         "exp_avg_sq": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1, zero=False),
-        "exp_avg_lr": FloatCode(4, signed=False, stochastic=True, mantissa_bits=1),
+        "exp_avg_lr": FloatCode(4, signed=False, stochastic=True, mantissa_bits=2, zero=False),
         "max_exp_avg_sq": FloatCode(4, signed=False, stochastic=False, mantissa_bits=1, zero=False),
     },
 }

@@ -59,11 +59,15 @@ class QuantizedTensors(NamedTuple):
 
 
 def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
-    """``count`` independent 16-bit random fields per element (one hash gives two)."""
-    fields: list[Tensor] = []
-    hashed = index
+    """``count`` independent 16-bit random fields per element (one hash gives two).
+
+    Only the first hash takes ``seed``, which carries a shard's offset into the whole tensor;
+    the next ones hash the previous hash, so a shard draws what the whole tensor draws.
+    """
+    hashed = rounding_noise(index, seed)
+    fields = list(noise_fields(hashed))
     while len(fields) < count:
-        hashed = rounding_noise(hashed, seed)
+        hashed = rounding_noise(hashed, 1)
         fields.extend(noise_fields(hashed))
     return fields[:count]
 

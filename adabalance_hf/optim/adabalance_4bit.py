@@ -10,36 +10,37 @@ __all__ = ["AdaBalance4bit"]
 
 
 class AdaBalance4bit(LowBitAdaBalance):
-    r"""AdaBalance with ``m`` and ``v`` block-wise quantized to 4 bits and ``s`` to 8.
+    r"""AdaBalance with ``m``, ``v`` and ``s`` block-wise quantized to 4 bits.
 
     The algorithm, arguments and guarantees are :class:`AdaBalance8bit`'s (its docstring has the
-    details); ``exp_avg`` and ``exp_avg_sq`` are stored in half a byte per element (two codes per
-    ``uint8``) plus one bf16 scale (the block's largest magnitude, rounded up) per block,
-    ``exp_avg_lr`` in :class:`AdaBalance8bit`'s 8-bit code with an fp32 scale per block. With the
-    default blocks of 32 that is 2.25 bytes of state per parameter (2.26 on BERT-base, whose
-    biases and norms keep fp32 state), against 3.10 for :class:`AdaBalance8bit`, 12 for fp32
-    state and about 2.04 for the 8-bit AdamWs (two states).
+    details); ``exp_avg``, ``exp_avg_sq`` and ``exp_avg_lr`` are stored in half a byte per
+    element (two codes per ``uint8``) plus one bf16 scale (the block's largest magnitude,
+    rounded up) per block. With the default blocks of 32 that is 1.6875 bytes of state per
+    parameter (1.70 on BERT-base, whose biases and norms keep fp32 state), against 3.10 for
+    :class:`AdaBalance8bit`, 12 for fp32 state and about 2.04 for the 8-bit AdamWs (two states).
 
     The layout comes from a per-state ablation (``benchmarks/lowbit_ablation.py``: GPT-2 on
-    WikiText-2 at the GPT-2 recipe's settings, ``beta3=0.99``; records in
-    ``benchmarks/results/lowbit_ablation.md``): ``m`` in 4 bits cost +3.2% perplexity in blocks
-    of 128 and +0.8% in blocks of 32; ``v`` as a 4-bit float without a zero code -0.2% (a
-    linear map: +2.4%; the float with a zero code diverged on one seed of two); ``s`` in 4 bits
-    cost +7.7% in blocks of 128 (its rounding noise accumulates over the ``1 / (1 - beta3)``
-    steps of its average), so it keeps 8 bits. Together, over 3 seeds, this layout costs
-    **+3.2% perplexity** against fp32 state there (AdaBalance8bit: -0.1%); on GLUE
-    (``beta3=0.9``) -0.68 F1 on MRPC (2 seeds) and -0.92 accuracy on SST-2 (1 seed): use it where
-    memory matters more than that. The codes:
+    WikiText-2 at the GPT-2 recipe's settings, ``beta3=0.99``; records and the measured
+    perplexities in ``benchmarks/results/lowbit_ablation.md``). What it found: every state must
+    round stochastically (``m`` rounded to nearest, this class's previous layout, cost +3.2%);
+    ``v`` and ``s`` need codes without zero (with one, ``v`` diverged on a seed and ``s`` cost
+    +26%); ``s`` needs 2 mantissa bits more than it needs range; blocks of 64, or scales rounded
+    to powers of two (one byte), cost +5% to +9%. The codes:
 
     * ``exp_avg``: a sign and a float with 2 exponent and 1 mantissa bits (E2M1: ``1/8`` to ``1``
-      of the block's scale, and 0), rounded to nearest;
+      of the block's scale, and 0);
     * ``exp_avg_sq`` (and amsbound's maximum): a float with 3 exponent and 1 mantissa bits and
       no zero (``1.5 * 2**-8`` to ``1`` of the scale: a ``v`` rounded to 0 would make the step
-      ``lr / eps``), rounded stochastically (the maximum: to nearest);
-    * ``exp_avg_lr``: :class:`AdaBalance8bit`'s (5 exponent, 3 mantissa bits), stochastically.
+      ``lr / eps``);
+    * ``exp_avg_lr``: a float with 2 exponent and 2 mantissa bits and no zero (``1.25 / 16`` to
+      ``1`` of the scale);
 
-    Its compiled step is slow: measured on a 2-core CPU at BERT-base shapes, 14.5x
-    ``AdamW(fused=True)``, 2.2x :class:`AdaBalance8bit`.
+    each rounded stochastically (amsbound's maximum: to nearest).
+
+    Measured there over 5 seeds: perplexity **+0.67%** against fp32 state (203.01 against
+    201.67; a seed moves it by about 2%). Its compiled step is slow: on a 2-core CPU at
+    BERT-base shapes 18.4x ``AdamW(fused=True)``, 2.6x :class:`AdaBalance8bit`, and its first
+    compile takes about 2 minutes with an empty compile cache (seconds in later processes).
 
     ``block_size`` (default 32) must be even. ``state_dict()`` holds the packed codes under
     AdaBalance's keys, shaped ``(*leading, blocks, block_size // 2)``, and the scales under
@@ -81,7 +82,7 @@ class AdaBalance4bit(LowBitAdaBalance):
     state_bits: ClassVar[dict[str, int]] = {
         "exp_avg": 4,
         "exp_avg_sq": 4,
-        "exp_avg_lr": 8,
+        "exp_avg_lr": 4,
         "max_exp_avg_sq": 4,
     }
     default_block_size: ClassVar[int] = 32
