@@ -38,8 +38,8 @@ class AdaBalance4bit(LowBitAdaBalance):
     each rounded stochastically (amsbound's maximum: to nearest).
 
     Measured there over 5 seeds: perplexity **+0.67%** against fp32 state (203.01 against
-    201.67; a seed moves it by about 2%); on GLUE (``beta3=0.9``) MRPC F1 -0.01 points (3
-    seeds) and SST-2 accuracy -0.58 (1 seed). Its compiled step is slow: on a 2-core CPU at
+    201.67; a seed moves it by about 2%); on GLUE (``beta3=0.9``, 3 seeds each) MRPC F1
+    -0.01 points and SST-2 accuracy -0.04. Its compiled step is slow: on a 2-core CPU at
     BERT-base shapes 18.4x ``AdamW(fused=True)``, 2.6x :class:`AdaBalance8bit`, and its first
     compile takes about 2 minutes with an empty compile cache (seconds in later processes).
 
