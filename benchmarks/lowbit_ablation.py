@@ -47,14 +47,8 @@ import torch
 
 from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
 from adabalance_hf.optim._blockwise_state import CODECS, tensor_block_size
-from adabalance_hf.optim._codecs import (
-    Codec,
-    FloatCode,
-    LinearCode,
-    noise_fields,
-    rounding_noise,
-    step_seed,
-)
+from adabalance_hf.optim._blockwise_step import _random_fields as random_fields
+from adabalance_hf.optim._codecs import Codec, FloatCode, LinearCode, step_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_KEYS = {"m": "exp_avg", "v": "exp_avg_sq", "s": "exp_avg_lr"}
@@ -130,10 +124,8 @@ def round_states(
                 continue
             index = torch.arange(param.numel())
             step = int(state["step"])
-            hashed = rounding_noise(index, step_seed(step))
-            fields = [*noise_fields(hashed), *noise_fields(rounding_noise(hashed, 1))]
-            start = rounding_noise(index, 0)
-            starts = [*noise_fields(start), *noise_fields(rounding_noise(start, 1))]
+            fields = random_fields(index, step_seed(step), 4)  # the optimizers' draws
+            starts = random_fields(index, 0, 4)
             for i, (key, (codec, block_size, golden, power_of_two)) in enumerate(codecs.items()):
                 if golden:  # an additive recurrence: successive draws spread evenly
                     fields[i] = (starts[i] + step * 40503) & 0xFFFF

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -319,9 +319,9 @@ def _fused_adabalance(
     # bounded like the foreach path's.
     copies_per_element = 5 + amsbound + (master_params is not None)
     batch_budget = transient_budget([p.numel() for p in params]) // copies_per_element
-    # Per (variant, key): the large tensors waiting for a full chunk, and the small ones
-    # waiting to be concatenated into one member of a chunk.
-    waiting: dict[tuple, list[KernelTensors]] = {}
+    # Per (variant, key): the large tensors, and the small ones waiting to be concatenated into
+    # one member of a chunk; _run_kernel splits them into chunks at the end.
+    large: dict[tuple, list[KernelTensors]] = {}
     small: dict[tuple, tuple[list[KernelTensors], int]] = {}
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
@@ -362,11 +362,7 @@ def _fused_adabalance(
         numel = tensors.param.numel()  # a DTensor's local shard: what the temporaries hold
         group = (variant, key)
         if numel >= _BATCH_NUMEL or numel > batch_budget:
-            large = waiting.setdefault(group, [])
-            large.append(tensors)
-            if len(large) == _CHUNK:
-                _run_kernel(variant, large, vector, *amp)
-                large.clear()
+            large.setdefault(group, []).append(tensors)
             continue
         batch, batch_numel = small.get(group, ([], 0))
         if batch_numel + numel > batch_budget:
@@ -374,11 +370,11 @@ def _fused_adabalance(
             batch, batch_numel = [], 0
         batch.append(tensors)
         small[group] = (batch, batch_numel + numel)
-    for group in dict.fromkeys([*waiting, *small]):
+    for group in dict.fromkeys([*large, *small]):
         variant, key = group
         batch = small.get(group, ([], 0))[0]
         vector = vectors.vector(*key)
-        _run_batched(variant, batch, vector, amp_cache[key[1:]], waiting.get(group, []))
+        _run_batched(variant, batch, vector, amp_cache[key[1:]], large.get(group, []))
     if found_inf is not None:
         # A skipped step does not count, as in torch's fused Adam. The counters live on the CPU,
         # so for accelerator tensors this copy of found_inf is the step's one synchronisation,
@@ -417,7 +413,7 @@ def _run_batched(
     batch: list[KernelTensors],
     hyper: Tensor,
     amp: tuple[Tensor | None, Tensor | None],
-    large: list[KernelTensors] = (),
+    large: Sequence[KernelTensors] = (),
 ) -> None:
     """Step the small tensors of ``batch`` as one member, concatenated, with ``large``.
 
