@@ -19,7 +19,12 @@ on ``test.txt`` and reports the perplexity on ``valid.txt``, once per variant:
   ``(i, j)`` scaled by the smaller of row ``i``'s and column ``j``'s largest magnitude, both in
   bf16: ``2 (rows + cols)`` bytes a matrix), blocks of 32 for the other tensors. A ``^``
   after the code: the scales are powers of two (rounded up: one byte each, as the MX formats'
-  E8M0 scales), e.g. ``fake:s=e2m2nz^@32``.
+  E8M0 scales), e.g. ``fake:s=e2m2nz^@32``; ``^N``: one-byte scales with ``N`` mantissa and
+  ``8 - N`` exponent bits relative to the tensor's largest scale (rounded up; QLoRA's double
+  quantization with a float code), e.g. ``fake:m=4^3@32``; ``^Nr``: relative to the power of
+  two above each row's largest scale instead (one byte a row, and a row is never split by
+  FSDP2's sharding). ``fake-all:<states>`` rounds the small tensors that the optimizers keep
+  in fp32 (biases, norm weights) too.
   Examples: ``fake:m,v`` (8-bit), ``fake:v=4``, ``fake:s=e4m0!s``, ``fake:m=4@32``; ``4bit@32``.
 
 Words are the tokens (WikiText-2 is tokenized): the 8,191 most frequent words of the training
@@ -90,19 +95,24 @@ def parse_codec(state: str, spec: str, nearest: bool) -> Codec:
     return dataclasses.replace(codec, stochastic=True) if rounding in ("s", "g") else codec
 
 
-def fake_codecs(variant: str) -> dict[str, tuple[Codec, int | None, bool, bool]]:
-    """State key -> (codec, block size or None for rank-1, low-discrepancy noise, power-of-two
-    scales) of a ``fake:`` variant."""
+def fake_codecs(
+    variant: str,
+) -> dict[str, tuple[Codec, int | None, bool, tuple[int, bool] | None]]:
+    """State key -> (codec, block size or None for rank-1, low-discrepancy noise, one-byte
+    scales: None for the codec's own, else (mantissa bits, -1 for powers of two; relative to
+    each row)) of a ``fake:`` variant."""
     kind, _, listed = variant.partition(":")
     codecs = {}
     for item in listed.split(","):
         state, _, spec = item.partition("=")
         spec, _, block = spec.partition("@")
-        power_of_two = spec.endswith("^")
-        spec = spec.removesuffix("^")
+        spec, caret, scale_bits = spec.partition("^")
+        per_row = scale_bits.endswith("r")
+        scale_code = int(scale_bits.removesuffix("r") or -1) if caret else None  # -1: 2**k
+        scale_code = (scale_code, per_row) if caret else None
         codec = parse_codec(state, spec, kind == "fake-nearest")
         size = None if block == "r1" else int(block or 128)
-        codecs[STATE_KEYS[state]] = (codec, size, spec.endswith("!g"), power_of_two)
+        codecs[STATE_KEYS[state]] = (codec, size, spec.endswith("!g"), scale_code)
     return codecs
 
 
@@ -113,31 +123,72 @@ def rank1_scale(codec: Codec, values: torch.Tensor) -> torch.Tensor:
     return torch.minimum(rows, columns)
 
 
+def power_of_two_above(values: torch.Tensor) -> torch.Tensor:
+    """The fp32 ``values`` (non-negative) rounded up to powers of two."""
+    return ((values.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+
+
+def byte_scale(scale: torch.Tensor, mantissa_bits: int, row: int | None = None) -> torch.Tensor:
+    """``scale`` ``(blocks, 1)`` rounded up to a one-byte code: a power of two
+    (``mantissa_bits=-1``), or an unsigned float with ``mantissa_bits`` of mantissa and
+    ``8 - mantissa_bits`` of exponent relative to the tensor's largest scale (fp32, once per
+    tensor) or, with ``row`` (blocks per row), to the power of two above each row's largest (one
+    more byte a row); code 0 is a zero scale and smaller scales rise to the smallest code."""
+    if mantissa_bits < 0:
+        return power_of_two_above(scale)
+    if row is None:
+        top = scale.max().expand_as(scale)
+    else:
+        top = power_of_two_above(scale.view(-1, row).amax(1, keepdim=True))
+        top = top.expand(-1, row).reshape_as(scale)
+    drop = (1 << (23 - mantissa_bits)) - 1
+    safe = torch.where(top > 0, top, 1.0)
+    ratio = ((scale / safe).view(torch.int32) + drop & ~drop).view(torch.float32)
+    smallest = 2.0 ** (2 - (1 << (8 - mantissa_bits)))  # exponents 0 .. 2 - 2**(8-N); 0: zero
+    return torch.where(scale > 0, ratio.clamp(min=smallest) * top, 0.0)
+
+
+def small_block_size(param: torch.Tensor, block_size: int) -> int | None:
+    """The block size of a parameter the optimizers leave in fp32 (``fake-all:``)."""
+    block = math.gcd(param.shape[-1], block_size)
+    return block if param.dim() >= 1 and block >= 8 else None
+
+
 def round_states(
-    optimizer: AdaBalance, codecs: dict[str, tuple[Codec, int | None, bool, bool]]
+    optimizer: AdaBalance,
+    codecs: dict[str, tuple[Codec, int | None, bool, tuple[int, bool] | None]],
+    small: bool = False,
 ) -> None:
-    """Round the given states of every blockable tensor through their codecs."""
+    """Round the given states of every blockable tensor (with ``small``, of every tensor with a
+    block size, those the optimizers keep in fp32 too) through their codecs."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param)
-            if not state or tensor_block_size(param, 128) is None:
+            blocks = tensor_block_size
+            if tensor_block_size(param, 128) is None:
+                if not small:
+                    continue
+                blocks = small_block_size
+            if not state or blocks(param, 128) is None:
                 continue
             index = torch.arange(param.numel())
             step = int(state["step"])
             fields = random_fields(index, step_seed(step), 4)  # the optimizers' draws
             starts = random_fields(index, 0, 4)
-            for i, (key, (codec, block_size, golden, power_of_two)) in enumerate(codecs.items()):
+            for i, (key, (codec, block_size, golden, scale_code)) in enumerate(codecs.items()):
                 if golden:  # an additive recurrence: successive draws spread evenly
                     fields[i] = (starts[i] + step * 40503) & 0xFFFF
                 if block_size is None and param.dim() == 2:
                     values = state[key]
                     scale = rank1_scale(codec, values)
                 else:
-                    block = tensor_block_size(param, block_size or 32)
+                    block = blocks(param, block_size or 32)
                     values = state[key].view(-1, block)
                     scale = codec.scale_of(values)
-                if power_of_two:  # round the fp32 pattern up to its exponent
-                    scale = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+                if scale_code is not None:
+                    mantissa_bits, per_row = scale_code
+                    row = param.shape[-1] // values.shape[-1] if per_row else None
+                    scale = byte_scale(scale, mantissa_bits, row)
                 noise = codec.noise(fields[i].view_as(values)) if codec.stochastic else None
                 values.copy_(codec.decode(codec.encode(values, scale, noise), scale))
 
@@ -172,7 +223,7 @@ def run(variant: str, seed: int, train: torch.Tensor, valid: torch.Tensor, steps
         optimizer.zero_grad()
         schedule.step()
         if codecs:
-            round_states(optimizer, codecs)
+            round_states(optimizer, codecs, small=kind == "fake-all")
     model.eval()
     with torch.no_grad():
         losses = [model(input_ids=b, labels=b).loss.item() for b in valid[:256].split(32)]
