@@ -42,11 +42,7 @@ CODE_DTYPES = {"exp_avg": torch.int8, "exp_avg_sq": torch.uint8, "exp_avg_lr": t
 #: Per class: the dtypes of each state's codes and of its scales.
 LOW_BIT = {
     "AdaBalance8bit": {key: (CODE_DTYPES[key], torch.float32) for key in CODE_KEYS},
-    "AdaBalance4bit": {
-        "exp_avg": (torch.uint8, torch.bfloat16),
-        "exp_avg_sq": (torch.uint8, torch.bfloat16),
-        "exp_avg_lr": (torch.uint8, torch.bfloat16),
-    },
+    "AdaBalance4bit": {key: (torch.uint8, torch.uint8) for key in CODE_KEYS},
 }
 
 

@@ -1,8 +1,9 @@
 """Block-wise low-bit state of one parameter: the layouts, which parameters get them, conversions.
 
 A quantized state keeps AdaBalance's key names for the codes and puts each code tensor's
-per-block scales under ``<key>_scale`` (fp32 for 8-bit codes, bf16 for 4-bit ones), shaped like
-the parameter with its last dimension divided by the block size. 8-bit codes are shaped like the
+per-block scales under ``<key>_scale``, shaped like the parameter with its last dimension divided
+by the block size: fp32 for 8-bit codes; for 4-bit ones a byte a block and one more a row (the
+last column, see ``_codecs.pack_byte_scales``). 8-bit codes are shaped like the
 parameter; 4-bit codes, packed two per byte, ``(*leading, blocks, block_size // 2)`` (see
 ``_codecs``). Both follow the parameter's leading dimensions, so a DTensor parameter sharded on
 any dimension but its last has its state sharded the same way, and DCP re-shards it (2 ranks
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._codecs import Codec, FloatCode
+from ._codecs import Codec, FloatCode, block_scale
 from ._dtensor import local_tensor
 
 __all__ = [
@@ -150,8 +151,10 @@ def _like(param: Tensor, local: Tensor, shape: tuple[int, ...]) -> Tensor:
     )
 
 
-def _scale_shape(shape: torch.Size | tuple[int, ...], block_size: int) -> tuple[int, ...]:
-    return (*shape[:-1], shape[-1] // block_size)
+def _scale_shape(
+    shape: torch.Size | tuple[int, ...], block_size: int, codec: Codec
+) -> tuple[int, ...]:
+    return (*shape[:-1], shape[-1] // block_size + codec.row_columns)
 
 
 def _store(
@@ -160,7 +163,7 @@ def _store(
     """Put local ``codes`` (stored form) and ``scale`` of ``key`` into ``state`` as ``param``'s."""
     codec = CODECS[8 if codes.dim() == scale.dim() else 4][key]
     state[key] = _like(param, codes, codec.codes_shape(tuple(param.shape), block_size))
-    state[_scale_key(key)] = _like(param, scale, _scale_shape(param.shape, block_size))
+    state[_scale_key(key)] = _like(param, scale, _scale_shape(param.shape, block_size, codec))
 
 
 def new_quantized_state(param: Tensor, key: str, block_size: int, bits: int) -> dict[str, Tensor]:
@@ -177,7 +180,7 @@ def new_quantized_state(param: Tensor, key: str, block_size: int, bits: int) -> 
     codes = torch.zeros(codec.codes_shape(local.shape, block_size), dtype=codec.dtype,
                         device=local.device)  # fmt: skip
     scale = torch.zeros(
-        _scale_shape(local.shape, block_size), dtype=codec.scale_dtype, device=local.device
+        _scale_shape(local.shape, block_size, codec), dtype=codec.scale_dtype, device=local.device
     )
     state: dict[str, Tensor] = {}
     _store(state, key, param, codes, scale, block_size)
@@ -201,11 +204,12 @@ def quantize_state(
         codec = CODECS[bits[key]][key]
         values = local_tensor(state[key]).to(torch.float32)
         blocks = values.reshape(-1, block_size)
-        scale = codec.scale_of(blocks)
-        stored = codec.store(codec.encode(blocks, scale, None))
+        maxima = block_scale(blocks).view(values.numel() // values.shape[-1], -1)
+        scale, stored_scale = codec.pack_scales(maxima)
+        stored = codec.store(codec.encode(blocks, scale.reshape(-1, 1), None))
         codes = stored.view(codec.codes_shape(values.shape, block_size))
-        scale = scale.to(codec.scale_dtype).view(_scale_shape(values.shape, block_size))
-        _store(state, key, param, codes, scale, block_size)
+        stored_scale = stored_scale.view(_scale_shape(values.shape, block_size, codec))
+        _store(state, key, param, codes, stored_scale, block_size)
 
 
 def dequantize_state(state: dict[str, Any], param: Tensor, dtype: torch.dtype) -> None:
@@ -264,6 +268,6 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
         return state[key]
     codec = state_codec(state, key)
     codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
-    rows = scale.numel()
-    values = codec.decode(codec.load(codes.reshape(rows, -1)), scale.reshape(-1, 1).float())
+    scales = codec.unpack_scales(scale.reshape(-1, scale.shape[-1])).reshape(-1, 1)
+    values = codec.decode(codec.load(codes.reshape(scales.shape[0], -1)), scales)
     return values.view(*scale.shape[:-1], -1)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._codecs import Codec, noise_fields, rounding_noise, step_seed
+from ._codecs import Codec, block_scale, noise_fields, rounding_noise, step_seed
 from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
@@ -42,8 +42,9 @@ class StateCodecs(NamedTuple):
 
 
 class QuantizedTensors(NamedTuple):
-    """The tensors of one kernel call: codes ``(blocks, block_size // per_byte)``, scales
-    ``(blocks, 1)``, the parameter and gradient ``(blocks, block_size)``."""
+    """The tensors of one kernel call: codes ``(blocks, block_size // per_byte)``, stored
+    scales ``(rows, blocks_per_row + row_columns)``, the parameter and gradient
+    ``(blocks, block_size)``."""
 
     param: Tensor
     grad: Tensor
@@ -72,10 +73,15 @@ def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
     return fields[:count]
 
 
+def _decode(codec: Codec, codes: Tensor, scale: Tensor) -> Tensor:
+    return codec.decode(codec.load(codes), codec.unpack_scales(scale).reshape(-1, 1))
+
+
 def _encode_into(codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise) -> None:
-    new_scale = codec.scale_of(values)
-    codes.copy_(codec.store(codec.encode(values, new_scale, noise)))
-    scale.copy_(new_scale)
+    maxima = block_scale(values).view(scale.shape[0], -1)  # (rows, blocks)
+    new_scale, stored = codec.pack_scales(maxima)
+    codes.copy_(codec.store(codec.encode(values, new_scale.reshape(-1, 1), noise)))
+    scale.copy_(stored)
 
 
 def _blockwise_kernel(
@@ -96,13 +102,12 @@ def _blockwise_kernel(
     codecs: StateCodecs,
 ) -> None:
     value = master if master is not None else param.to(torch.float32)
-    m = codecs.exp_avg.decode(codecs.exp_avg.load(exp_avg), exp_avg_scale)
-    v = codecs.exp_avg_sq.decode(codecs.exp_avg_sq.load(exp_avg_sq), exp_avg_sq_scale)
-    s = codecs.exp_avg_lr.decode(codecs.exp_avg_lr.load(exp_avg_lr), exp_avg_lr_scale)
+    m = _decode(codecs.exp_avg, exp_avg, exp_avg_scale)
+    v = _decode(codecs.exp_avg_sq, exp_avg_sq, exp_avg_sq_scale)
+    s = _decode(codecs.exp_avg_lr, exp_avg_lr, exp_avg_lr_scale)
     v_max = None
     if max_exp_avg_sq is not None:
-        codec = codecs.max_exp_avg_sq
-        v_max = codec.decode(codec.load(max_exp_avg_sq), max_exp_avg_sq_scale)  # type: ignore[union-attr]
+        v_max = _decode(codecs.max_exp_avg_sq, max_exp_avg_sq, max_exp_avg_sq_scale)  # type: ignore[arg-type]
     value, m, v, s, v_max = adabalance_update(value, grad, m, v, s, v_max, hyper)
 
     states = [(codecs.exp_avg, exp_avg, exp_avg_scale, m)]
@@ -168,6 +173,12 @@ def _blocks(tensor: Tensor, rows: int) -> Tensor:
     return local_tensor(tensor).view(rows, -1)
 
 
+def _rows(param: Tensor) -> int:
+    """The rows of ``param``'s local tensor: the leading dimensions (a 1-D tensor is one row)."""
+    local = local_tensor(param)
+    return local.numel() // local.shape[-1]
+
+
 def _blockwise_adabalance(
     *,
     params: list[Tensor],
@@ -202,24 +213,28 @@ def _blockwise_adabalance(
     amsbound = hyper.amsbound
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
-        rows = local_tensor(exp_avg_scales[i]).numel()
+        # The codes, the parameter and its gradient as (blocks, block_size // per_byte), the
+        # stored scales as (rows, blocks + the codec's row columns).
+        rows = _rows(param)
+        extra = codecs[i].exp_avg.row_columns
+        blocks = local_tensor(exp_avg_scales[i]).numel() - rows * extra
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
         if master_params is not None:
-            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows)
+            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], blocks)
         else:
             bf16_rounding = hyper.stochastic_round and param.dtype == torch.bfloat16
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         tensors = QuantizedTensors(
-            param=_blocks(param.detach(), rows),
-            grad=_blocks(grads[i], rows),
-            exp_avg=_blocks(exp_avgs[i], rows),
+            param=_blocks(param.detach(), blocks),
+            grad=_blocks(grads[i], blocks),
+            exp_avg=_blocks(exp_avgs[i], blocks),
             exp_avg_scale=_blocks(exp_avg_scales[i], rows),
-            exp_avg_sq=_blocks(exp_avg_sqs[i], rows),
+            exp_avg_sq=_blocks(exp_avg_sqs[i], blocks),
             exp_avg_sq_scale=_blocks(exp_avg_sq_scales[i], rows),
-            exp_avg_lr=_blocks(exp_avg_lrs[i], rows),
+            exp_avg_lr=_blocks(exp_avg_lrs[i], blocks),
             exp_avg_lr_scale=_blocks(exp_avg_lr_scales[i], rows),
-            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], rows) if amsbound else None,
+            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], blocks) if amsbound else None,
             max_exp_avg_sq_scale=_blocks(max_exp_avg_sq_scales[i], rows) if amsbound else None,
             master=master,
         )

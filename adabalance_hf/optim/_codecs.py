@@ -1,9 +1,9 @@
 """Block-wise codes of optimizer state: 8- and 4-bit codecs around one fp32 update.
 
 Each block of consecutive elements along a tensor's last dimension shares one scale, the largest
-magnitude in the block (fp32 for 8-bit codes; for 4-bit codes bf16, rounded up, whose 8
-significant bits are far finer than the code and save 2 bytes a block); an element is stored as a
-code of ``value / scale``. A codec is
+magnitude in the block (fp32 for 8-bit codes; for 4-bit codes one byte, rounded up, relative to
+a byte per row: see :func:`pack_byte_scales`); an element is stored as a code of
+``value / scale``. A codec is
 the pair ``encode`` (fp32 values and scale -> integer codes) and ``decode``, plus how the codes
 are stored (:meth:`Codec.store` / :meth:`Codec.load`); the low-bit step decodes, runs the fp32
 update and encodes (``_blockwise_step``), so a new code is a new codec and nothing else.
@@ -42,8 +42,10 @@ __all__ = [
     "LinearCode",
     "block_scale",
     "noise_fields",
+    "pack_byte_scales",
     "rounding_noise",
     "step_seed",
+    "unpack_byte_scales",
 ]
 
 _MANTISSA_BITS_FP32 = 23
@@ -59,6 +61,45 @@ def block_scale(values: Tensor) -> Tensor:
         values (Tensor): fp32 values, one block per row.
     """
     return values.abs().amax(dim=-1, keepdim=True)
+
+
+# One-byte block scales: an unsigned float with 5 exponent and 3 mantissa bits relative to the
+# power of two above the row's largest block maximum (the row's last byte, that power's fp32
+# exponent field). A block byte ``b > 0`` stands for ``2**((b >> 3) - 31) * (1 + (b & 7) / 8)``
+# of it, ``2**-30`` to 1; byte 0 for a block of zeros.
+_SCALE_MANTISSA_DROP = (1 << (_MANTISSA_BITS_FP32 - 3)) - 1
+_SCALE_BIAS = (127 - 31) << 3  # fp32 exponent field 97 (2**-30) is block byte 8
+_SMALLEST_RATIO_BITS = 97 << _MANTISSA_BITS_FP32
+
+
+def pack_byte_scales(maxima: Tensor) -> tuple[Tensor, Tensor]:
+    """Block maxima ``(rows, blocks)`` as one byte each plus a byte a row (QLoRA's double
+    quantization with a float code, kept within the row so that a row is never split between
+    ranks): ``(scales, stored)`` as :meth:`Codec.pack_scales` returns them.
+
+    Each block's scale is rounded *up* (to at most 1/8 above its maximum, so codes never
+    overflow); a block more than ``2**30`` below its row's largest gets ``2**-30`` of it.
+    """
+    row_max = maxima.amax(dim=-1, keepdim=True)
+    top_bits = (row_max.view(torch.int32) + 0x7FFFFF) & 0x7F800000  # the power of two above
+    top = top_bits.view(torch.float32)
+    ratio = maxima / torch.where(top > 0, top, 1.0)  # exact: top is a power of two
+    ratio_bits = (ratio.view(torch.int32) + _SCALE_MANTISSA_DROP) & ~_SCALE_MANTISSA_DROP
+    ratio_bits = ratio_bits.clamp(min=_SMALLEST_RATIO_BITS)
+    nonzero = maxima > 0
+    scales = torch.where(nonzero, ratio_bits.view(torch.float32) * top, 0.0)
+    block_bytes = torch.where(nonzero, (ratio_bits >> 20) - _SCALE_BIAS, 0)
+    stored = torch.cat([block_bytes, top_bits >> _MANTISSA_BITS_FP32], dim=-1)
+    return scales, stored.to(torch.uint8)
+
+
+def unpack_byte_scales(stored: Tensor) -> Tensor:
+    """The fp32 scales ``(rows, blocks)`` of :func:`pack_byte_scales`' stored bytes."""
+    stored = stored.to(torch.int32)
+    block_bytes, row_byte = stored[..., :-1], stored[..., -1:]
+    top = (row_byte << _MANTISSA_BITS_FP32).view(torch.float32)
+    ratio = ((block_bytes + _SCALE_BIAS) << 20).view(torch.float32)
+    return torch.where(block_bytes > 0, ratio * top, 0.0)
 
 
 def _ratio(values: Tensor, scale: Tensor) -> Tensor:
@@ -85,16 +126,32 @@ class Codec:
 
     @property
     def scale_dtype(self) -> torch.dtype:
-        """The dtype of the per-block scales: bf16 for 4-bit codes, fp32 for 8-bit ones."""
-        return torch.bfloat16 if self.bits < 8 else torch.float32
+        """The dtype of the stored scales: fp32 for 8-bit codes, one byte for 4-bit ones."""
+        return torch.uint8 if self.bits < 8 else torch.float32
 
-    def scale_of(self, values: Tensor) -> Tensor:
-        """The fp32 scale of each block of ``values`` ``(blocks, block_size)``, exactly
-        representable in :attr:`scale_dtype`: the largest magnitude (rounded up to bf16)."""
-        scale = block_scale(values)
-        if self.scale_dtype == torch.bfloat16:  # round the fp32 pattern up to its top 16 bits
-            scale = ((scale.view(torch.int32) + 0xFFFF) & -65536).view(torch.float32)
-        return scale
+    @property
+    def row_columns(self) -> int:
+        """Stored scale columns a row has besides its blocks' (its exponent byte, at 4 bits)."""
+        return int(self.bits < 8)
+
+    def pack_scales(self, maxima: Tensor) -> tuple[Tensor, Tensor]:
+        """The scales of blocks whose largest magnitudes are ``maxima`` ``(rows, blocks)``.
+
+        Returns:
+            tuple: the fp32 scales ``(rows, blocks)``, at least ``maxima`` and exactly what
+            :meth:`unpack_scales` gives back, and their stored form ``(rows, blocks +``
+            :attr:`row_columns` ``)``: at 8 bits the maxima themselves; at 4 bits one byte a
+            block (see :func:`pack_byte_scales`).
+        """
+        if self.bits == 8:
+            return maxima, maxima
+        return pack_byte_scales(maxima)
+
+    def unpack_scales(self, stored: Tensor) -> Tensor:
+        """The fp32 scales ``(rows, blocks)`` of stored scales (inverse of :meth:`pack_scales`)."""
+        if self.bits == 8:
+            return stored.to(torch.float32)
+        return unpack_byte_scales(stored)
 
     @property
     def levels(self) -> int:

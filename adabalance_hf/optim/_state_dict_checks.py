@@ -289,8 +289,8 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"scales, so its codes must be {codec.dtype}. The state dict is damaged"
         )
     lead, last = tuple(param.shape[:-1]), param.shape[-1] if param.dim() else 0
-    blocks = scale.shape[-1] if scale.dim() else 0
-    block_size = last // blocks if blocks and last % blocks == 0 else 0
+    blocks = scale.shape[-1] - codec.row_columns if scale.dim() else 0
+    block_size = last // blocks if blocks > 0 and last % blocks == 0 else 0
     wrong_8bit_shape = codec.bits == 8 and codes.shape != param.shape
     if tuple(codes.shape[: len(lead)]) != lead or wrong_8bit_shape:
         expected = tuple(param.shape) if codec.bits == 8 else (*lead, "blocks", "block_size // 2")
@@ -299,20 +299,29 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"parameter has shape {tuple(param.shape)} (codes of shape {expected}); the state "
             f"dict was saved for another model or another parameter order"
         )
+    one_byte = codec.scale_dtype == torch.uint8
     blocks_fit = (
         block_size > 0
-        and scale.is_floating_point()
+        and (scale.dtype == torch.uint8 if one_byte else scale.is_floating_point())
         and scale.dim() == param.dim()
         and tuple(scale.shape[:-1]) == lead
         and tuple(codes.shape) == codec.codes_shape(tuple(param.shape), block_size)
     )
     if not blocks_fit:
-        raise ValueError(
-            f"{_PREFIX}: state {key + '_scale'!r} of {where} is {tuple(scale.shape)}; for codes "
-            f"of shape {tuple(codes.shape)} it must be floating point of shape (*leading, "
-            f"{last} // block_size). The state dict is damaged"
+        kind, columns = (
+            ("uint8", f"{last} // block_size + 1")
+            if one_byte
+            else ("floating point", f"{last} // block_size")
         )
-    _check_state_tensor(scale, key + "_scale", scale, where)  # meta device, NaN
+        raise ValueError(
+            f"{_PREFIX}: state {key + '_scale'!r} of {where} is {scale.dtype} of shape "
+            f"{tuple(scale.shape)}; for codes of shape {tuple(codes.shape)} it must be {kind} "
+            f"of shape (*leading, {columns}). The state dict is damaged"
+        )
+    if one_byte:
+        _check_state_tensor(scale.float(), key + "_scale", scale, where)  # meta device
+    else:
+        _check_state_tensor(scale, key + "_scale", scale, where)  # meta device, NaN
 
 
 def _check_step(step: Any, where: str) -> None:
