@@ -2,8 +2,9 @@
 every stochastically rounded state of both low-bit optimizers.
 
 The codes are checked against a float64 decoder written here from the format the docstrings
-state, not against the package's decoder. 4-bit codes are packed two per byte (the even element
-in the low nibble), ``(*lead, blocks, block_size // 2)``: ``exp_avg`` a sign bit and a 3-bit
+state, not against the package's decoder. 4-bit codes are packed two per byte (element ``k`` of a
+block in the low nibble of byte ``k``, element ``k + block_size // 2`` in its high nibble),
+``(*lead, blocks, block_size // 2)``: ``exp_avg`` a sign bit and a 3-bit
 magnitude ``c`` standing for ``{0, 1/8, 3/16, 1/4, 3/8, 1/2, 3/4, 1}[c]`` of the block's scale,
 ``exp_avg_sq`` (and ``max_exp_avg_sq``) ``2**(e - 8) * (1 + m / 2)`` of it with
 ``e, m = (c + 1) // 2, (c + 1) % 2``, never 0, and ``exp_avg_lr`` ``2**(e - 4) * (1 + m / 4)``
@@ -34,7 +35,7 @@ SIGNED_MAGNITUDES = torch.tensor(
 def _unpack(codes: torch.Tensor) -> torch.Tensor:
     """Nibbles of packed codes ``(*lead, blocks, half)`` as int64 ``(*lead, blocks, 2 * half)``."""
     byte = codes.to(torch.int64)
-    return torch.stack([byte & 15, byte >> 4], dim=-1).flatten(-2)
+    return torch.cat([byte & 15, byte >> 4], dim=-1)
 
 
 def reference_scales(stored: torch.Tensor) -> torch.Tensor:
@@ -203,6 +204,26 @@ def test_compiled_and_eager_kernels_agree() -> None:
             codes_a, codes_b = _unpack(codes_a), _unpack(codes_b)
             differ = (codes_a.int() - codes_b.int()).abs()
             assert differ.bool().float().mean() < 1e-3, key
+
+
+def test_one_compiled_graph_serves_every_shape_and_matches_eager() -> None:
+    """One row (a 1-D tensor), one block a row, a 3-D tensor, rows = blocks = bytes a block:
+    each would otherwise make dynamo compile the kernel again (minutes with an empty cache)."""
+    from torch._dynamo.utils import counters
+
+    shapes = [(4096,), (128, 32), (4, 8, 256), (16, 512)]
+    before = counters["stats"]["unique_graphs"]
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+        optimizer = AdaBalance4bit(params, lr=1e-2, beta3=0.9, gamma=1e-2, fused=fused)
+        _train(params, optimizer, 3, seed=9)
+        assert all(optimizer.state[p]["exp_avg"].dtype == torch.uint8 for p in params)
+        results.append(params)
+    assert counters["stats"]["unique_graphs"] - before <= 1  # 0 if an earlier test compiled it
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _regression(optimizer_cls: type, steps: int = 150, **kwargs: object) -> float:

@@ -14,6 +14,7 @@ hyper-parameters and the rounding seed as tensors, so nothing recompiles during 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 from collections.abc import Callable
@@ -21,11 +22,19 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.fx.experimental import _config as _fx_config
 
 from ._codecs import Codec, block_scale, noise_fields, rounding_noise, step_seed
 from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
-from ._fused import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
+from ._fused import (
+    _WRITE_MASTER,
+    _WRITE_PARAM,
+    _WRITE_STOCHASTIC,
+    _distinct_sizes,
+    adabalance_update,
+    write_param,
+)
 from ._step_scalars import KernelScalarsCache
 from .options import Hyper
 
@@ -42,9 +51,10 @@ class StateCodecs(NamedTuple):
 
 
 class QuantizedTensors(NamedTuple):
-    """The tensors of one kernel call: codes ``(blocks, block_size // per_byte)``, stored
-    scales ``(rows, blocks_per_row + row_columns)``, the parameter and gradient
-    ``(blocks, block_size)``."""
+    """The tensors of one kernel call, by row (the parameter's leading dimensions): codes
+    ``(rows, blocks, block_size // per_byte)``, stored scales ``(rows, blocks + row_columns)``,
+    the parameter and gradient ``(rows, blocks, block_size)``. Kept 3-D so that the kernel
+    finds a block's scale without dividing its index by the blocks per row."""
 
     param: Tensor
     grad: Tensor
@@ -74,13 +84,12 @@ def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
 
 
 def _decode(codec: Codec, codes: Tensor, scale: Tensor) -> Tensor:
-    return codec.decode(codec.load(codes), codec.unpack_scales(scale).reshape(-1, 1))
+    return codec.decode(codec.load(codes), codec.unpack_scales(scale).unsqueeze(-1))
 
 
 def _encode_into(codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise) -> None:
-    maxima = block_scale(values).view(scale.shape[0], -1)  # (rows, blocks)
-    new_scale, stored = codec.pack_scales(maxima)
-    codes.copy_(codec.store(codec.encode(values, new_scale.reshape(-1, 1), noise)))
+    new_scale, stored = codec.pack_scales(block_scale(values).squeeze(-1))  # (rows, blocks)
+    codes.copy_(codec.store(codec.encode(values, new_scale.unsqueeze(-1), noise)))
     scale.copy_(stored)
 
 
@@ -156,7 +165,26 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
         "realize_reads_threshold": 1_000,
         "realize_acc_reads_threshold": 1_000,
     }
-    return torch.compile(unique, fullgraph=True, dynamic=True, options=options)
+    compiled = torch.compile(unique, fullgraph=True, dynamic=True, options=options)
+
+    def run(*args: object) -> None:
+        with _shape_agnostic():
+            compiled(*args)
+
+    return run
+
+
+def _shape_agnostic() -> contextlib.AbstractContextManager:
+    """A context in which one compiled graph serves every shape: rows, blocks per row and bytes
+    per block each get a symbol of their own (``_fused._distinct_sizes``), and a size of 1 (a
+    1-D tensor's one row, a last dimension of one block) is not specialised into a graph of its
+    own (a recompile of minutes with an empty cache)."""
+    if not hasattr(_fx_config, "backed_size_oblivious"):  # pragma: no cover - another torch
+        return _distinct_sizes()
+    stack = contextlib.ExitStack()
+    stack.enter_context(_distinct_sizes())
+    stack.enter_context(_fx_config.patch(backed_size_oblivious=True))
+    return stack
 
 
 def _run_compiled(variant: BlockwiseVariant, args: tuple, owner: str) -> None:
@@ -169,8 +197,13 @@ def _run_compiled(variant: BlockwiseVariant, args: tuple, owner: str) -> None:
     run_compiled(variant, lambda: _compiled_kernel(variant), args, what=what, failure=failure)
 
 
-def _blocks(tensor: Tensor, rows: int) -> Tensor:
-    return local_tensor(tensor).view(rows, -1)
+def _blocks(tensor: Tensor, rows: int, blocks: int) -> Tensor:
+    # detach(): an alias that is not a view, or dynamo would guard on the base's shape.
+    return local_tensor(tensor).view(rows, blocks, -1).detach()
+
+
+def _scales(tensor: Tensor, rows: int) -> Tensor:
+    return local_tensor(tensor).view(rows, -1).detach()
 
 
 def _rows(param: Tensor) -> int:
@@ -213,29 +246,26 @@ def _blockwise_adabalance(
     amsbound = hyper.amsbound
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
-        # The codes, the parameter and its gradient as (blocks, block_size // per_byte), the
-        # stored scales as (rows, blocks + the codec's row columns).
         rows = _rows(param)
-        extra = codecs[i].exp_avg.row_columns
-        blocks = local_tensor(exp_avg_scales[i]).numel() - rows * extra
+        blocks = local_tensor(exp_avg_scales[i]).numel() // rows - codecs[i].exp_avg.row_columns
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
         if master_params is not None:
-            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], blocks)
+            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows, blocks)
         else:
             bf16_rounding = hyper.stochastic_round and param.dtype == torch.bfloat16
             write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
             master = None
         tensors = QuantizedTensors(
-            param=_blocks(param.detach(), blocks),
-            grad=_blocks(grads[i], blocks),
-            exp_avg=_blocks(exp_avgs[i], blocks),
-            exp_avg_scale=_blocks(exp_avg_scales[i], rows),
-            exp_avg_sq=_blocks(exp_avg_sqs[i], blocks),
-            exp_avg_sq_scale=_blocks(exp_avg_sq_scales[i], rows),
-            exp_avg_lr=_blocks(exp_avg_lrs[i], blocks),
-            exp_avg_lr_scale=_blocks(exp_avg_lr_scales[i], rows),
-            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], blocks) if amsbound else None,
-            max_exp_avg_sq_scale=_blocks(max_exp_avg_sq_scales[i], rows) if amsbound else None,
+            param=_blocks(param.detach(), rows, blocks),
+            grad=_blocks(grads[i], rows, blocks),
+            exp_avg=_blocks(exp_avgs[i], rows, blocks),
+            exp_avg_scale=_scales(exp_avg_scales[i], rows),
+            exp_avg_sq=_blocks(exp_avg_sqs[i], rows, blocks),
+            exp_avg_sq_scale=_scales(exp_avg_sq_scales[i], rows),
+            exp_avg_lr=_blocks(exp_avg_lrs[i], rows, blocks),
+            exp_avg_lr_scale=_scales(exp_avg_lr_scales[i], rows),
+            max_exp_avg_sq=_blocks(max_exp_avg_sqs[i], rows, blocks) if amsbound else None,
+            max_exp_avg_sq_scale=_scales(max_exp_avg_sq_scales[i], rows) if amsbound else None,
             master=master,
         )
         args = (*tensors, vectors.vector(step, param.device, torch.float32), seed, write_mode)

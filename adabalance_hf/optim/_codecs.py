@@ -25,8 +25,10 @@ state (a resumed run ends bitwise where an uninterrupted one ends), eagerly and 
 
 Storage: 8-bit codes are one byte each (``int8`` sign and magnitude as a negative integer for
 signed codes, ``uint8`` otherwise), shaped like the parameter. 4-bit codes are packed two per
-``uint8`` (sign in the nibble's top bit), shaped ``(*leading, blocks, block_size // 2)``: one more
-dimension than their scales, which is how a state dict tells 4-bit state from 8-bit.
+``uint8`` (sign in the nibble's top bit; element ``k`` of a block in the low nibble of byte ``k``,
+element ``k + block_size // 2`` in its high nibble), shaped ``(*leading, blocks, block_size //
+2)``: one more dimension than their scales, which is how a state dict tells 4-bit state from
+8-bit.
 """
 
 from __future__ import annotations
@@ -176,19 +178,24 @@ class Codec:
             return codes.to(self.dtype)
         if self.signed:
             codes = torch.where(codes < 0, 8 - codes, codes)  # sign bit 3, magnitude bits 0-2
-        # Strided slices, not a reshape into pairs: inductor keeps them in the encoding loop
-        # instead of storing every int32 code in between.
-        return (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+        # Element k and element k + block_size // 2 share byte k: two contiguous halves, which
+        # the encoding loop reads with vector loads (even and odd elements would need strided
+        # ones, which inductor leaves scalar in a loop over rows and blocks).
+        half = codes.shape[-1] // 2
+        return (codes[..., :half] | (codes[..., half:] << 4)).to(torch.uint8)
 
     def load(self, stored: Tensor) -> Tensor:
         """The int32 codes ``(blocks, block_size)`` of stored codes (inverse of :meth:`store`)."""
         if self.bits == 8:
             return stored.to(torch.int32)
-        # Element k reads byte k // 2 and shifts by 0 or 4: an indexed load in the kernel's own
-        # loop (a stack or an expanded reshape makes inductor store every code in between).
-        index = torch.arange(2 * stored.shape[-1], device=stored.device)
-        byte = stored[..., index >> 1].to(torch.int32)
-        codes = (byte >> ((index & 1) * 4).to(torch.int32)) & 15
+        # Element k reads byte k (or k - block_size // 2) and shifts by 0 (or 4): an indexed load
+        # in the kernel's own loop (a cat or an expanded reshape makes inductor store every code
+        # in between).
+        half = stored.shape[-1]
+        index = torch.arange(2 * half, device=stored.device)
+        high = (index >= half).to(torch.int32)
+        byte = stored[..., index - high * half].to(torch.int32)
+        codes = (byte >> (high * 4)) & 15
         if self.signed:
             codes = torch.where(codes >= 8, 8 - codes, codes)
         return codes
