@@ -53,7 +53,13 @@ import torch
 from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
 from adabalance_hf.optim._blockwise_state import CODECS, tensor_block_size
 from adabalance_hf.optim._blockwise_step import _random_fields as random_fields
-from adabalance_hf.optim._codecs import Codec, FloatCode, LinearCode, step_seed
+from adabalance_hf.optim._codecs import (
+    Codec,
+    FloatCode,
+    LinearCode,
+    power_of_two_above,
+    step_seed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_KEYS = {"m": "exp_avg", "v": "exp_avg_sq", "s": "exp_avg_lr"}
@@ -121,11 +127,6 @@ def rank1_scale(codec: Codec, values: torch.Tensor) -> torch.Tensor:
     rows = codec.scale_of(values)  # (rows, 1), rounded up as the codec stores its scales
     columns = codec.scale_of(values.t().contiguous()).t()  # (1, cols)
     return torch.minimum(rows, columns)
-
-
-def power_of_two_above(values: torch.Tensor) -> torch.Tensor:
-    """The fp32 ``values`` (non-negative) rounded up to powers of two."""
-    return ((values.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
 
 
 def byte_scale(scale: torch.Tensor, mantissa_bits: int, row: int | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._codecs import Codec, FloatCode, block_scale
+from ._codecs import Codec, FloatCode
 from ._dtensor import local_tensor
 
 __all__ = [
@@ -203,10 +203,8 @@ def quantize_state(
             continue
         codec = CODECS[bits[key]][key]
         values = local_tensor(state[key]).to(torch.float32)
-        blocks = values.reshape(-1, block_size)
-        maxima = block_scale(blocks).view(values.numel() // values.shape[-1], -1)
-        scale, stored_scale = codec.pack_scales(maxima)
-        stored = codec.store(codec.encode(blocks, scale.reshape(-1, 1), None))
+        rows = values.numel() // values.shape[-1]
+        stored, stored_scale = codec.encode_blocks(values.reshape(rows, -1, block_size), None)
         codes = stored.view(codec.codes_shape(values.shape, block_size))
         stored_scale = stored_scale.view(_scale_shape(values.shape, block_size, codec))
         _store(state, key, param, codes, stored_scale, block_size)
@@ -268,6 +266,7 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
         return state[key]
     codec = state_codec(state, key)
     codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
-    scales = codec.unpack_scales(scale.reshape(-1, scale.shape[-1])).reshape(-1, 1)
-    values = codec.decode(codec.load(codes.reshape(scales.shape[0], -1)), scales)
+    rows = scale.numel() // scale.shape[-1]
+    blocks = scale.shape[-1] - codec.row_columns
+    values = codec.decode_blocks(codes.reshape(rows, blocks, -1), scale.reshape(rows, -1))
     return values.view(*scale.shape[:-1], -1)

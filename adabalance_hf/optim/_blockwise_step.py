@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental import _config as _fx_config
 
-from ._codecs import Codec, block_scale, noise_fields, rounding_noise, step_seed
+from ._codecs import Codec, noise_fields, rounding_noise, step_seed
 from ._compile import run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._fused import (
@@ -83,14 +83,10 @@ def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
     return fields[:count]
 
 
-def _decode(codec: Codec, codes: Tensor, scale: Tensor) -> Tensor:
-    return codec.decode(codec.load(codes), codec.unpack_scales(scale).unsqueeze(-1))
-
-
 def _encode_into(codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise) -> None:
-    new_scale, stored = codec.pack_scales(block_scale(values).squeeze(-1))  # (rows, blocks)
-    codes.copy_(codec.store(codec.encode(values, new_scale.unsqueeze(-1), noise)))
-    scale.copy_(stored)
+    stored, stored_scale = codec.encode_blocks(values, noise)
+    codes.copy_(stored)
+    scale.copy_(stored_scale)
 
 
 def _blockwise_kernel(
@@ -111,12 +107,12 @@ def _blockwise_kernel(
     codecs: StateCodecs,
 ) -> None:
     value = master if master is not None else param.to(torch.float32)
-    m = _decode(codecs.exp_avg, exp_avg, exp_avg_scale)
-    v = _decode(codecs.exp_avg_sq, exp_avg_sq, exp_avg_sq_scale)
-    s = _decode(codecs.exp_avg_lr, exp_avg_lr, exp_avg_lr_scale)
+    m = codecs.exp_avg.decode_blocks(exp_avg, exp_avg_scale)
+    v = codecs.exp_avg_sq.decode_blocks(exp_avg_sq, exp_avg_sq_scale)
+    s = codecs.exp_avg_lr.decode_blocks(exp_avg_lr, exp_avg_lr_scale)
     v_max = None
     if max_exp_avg_sq is not None:
-        v_max = _decode(codecs.max_exp_avg_sq, max_exp_avg_sq, max_exp_avg_sq_scale)  # type: ignore[arg-type]
+        v_max = codecs.max_exp_avg_sq.decode_blocks(max_exp_avg_sq, max_exp_avg_sq_scale)  # type: ignore[union-attr]
     value, m, v, s, v_max = adabalance_update(value, grad, m, v, s, v_max, hyper)
 
     states = [(codecs.exp_avg, exp_avg, exp_avg_scale, m)]

@@ -45,6 +45,7 @@ __all__ = [
     "block_scale",
     "noise_fields",
     "pack_byte_scales",
+    "power_of_two_above",
     "rounding_noise",
     "step_seed",
     "unpack_byte_scales",
@@ -57,10 +58,10 @@ _NOISE_BITS = 16  # random bits per rounding draw (see noise_fields)
 
 
 def block_scale(values: Tensor) -> Tensor:
-    """Per-block scale of ``values`` shaped ``(blocks, block_size)``: the largest magnitude.
+    """Per-block scale of ``values`` shaped ``(..., block_size)``: the largest magnitude.
 
     Args:
-        values (Tensor): fp32 values, one block per row.
+        values (Tensor): fp32 values, one block per slice of the last dimension.
     """
     return values.abs().amax(dim=-1, keepdim=True)
 
@@ -74,6 +75,11 @@ _SCALE_BIAS = (127 - 31) << 3  # fp32 exponent field 97 (2**-30) is block byte 8
 _SMALLEST_RATIO_BITS = 97 << _MANTISSA_BITS_FP32
 
 
+def power_of_two_above(values: Tensor) -> Tensor:
+    """Non-negative fp32 ``values`` rounded up to powers of two (0 stays 0)."""
+    return ((values.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+
+
 def pack_byte_scales(maxima: Tensor) -> tuple[Tensor, Tensor]:
     """Block maxima ``(rows, blocks)`` as one byte each plus a byte a row (QLoRA's double
     quantization with a float code, kept within the row so that a row is never split between
@@ -82,16 +88,14 @@ def pack_byte_scales(maxima: Tensor) -> tuple[Tensor, Tensor]:
     Each block's scale is rounded *up* (to at most 1/8 above its maximum, so codes never
     overflow); a block more than ``2**30`` below its row's largest gets ``2**-30`` of it.
     """
-    row_max = maxima.amax(dim=-1, keepdim=True)
-    top_bits = (row_max.view(torch.int32) + 0x7FFFFF) & 0x7F800000  # the power of two above
-    top = top_bits.view(torch.float32)
+    top = power_of_two_above(maxima.amax(dim=-1, keepdim=True))
     ratio = maxima / torch.where(top > 0, top, 1.0)  # exact: top is a power of two
     ratio_bits = (ratio.view(torch.int32) + _SCALE_MANTISSA_DROP) & ~_SCALE_MANTISSA_DROP
     ratio_bits = ratio_bits.clamp(min=_SMALLEST_RATIO_BITS)
     nonzero = maxima > 0
     scales = torch.where(nonzero, ratio_bits.view(torch.float32) * top, 0.0)
     block_bytes = torch.where(nonzero, (ratio_bits >> 20) - _SCALE_BIAS, 0)
-    stored = torch.cat([block_bytes, top_bits >> _MANTISSA_BITS_FP32], dim=-1)
+    stored = torch.cat([block_bytes, top.view(torch.int32) >> _MANTISSA_BITS_FP32], dim=-1)
     return scales, stored.to(torch.uint8)
 
 
@@ -154,6 +158,21 @@ class Codec:
         if self.bits == 8:
             return stored.to(torch.float32)
         return unpack_byte_scales(stored)
+
+    def encode_blocks(
+        self, values: Tensor, noise: Tensor | int | float | None
+    ) -> tuple[Tensor, Tensor]:
+        """The stored codes and stored scales of fp32 ``values`` ``(rows, blocks, block_size)``:
+        each block's scale from its largest magnitude (:meth:`pack_scales`), then
+        :meth:`encode` (``noise`` as there) and :meth:`store`."""
+        scales, stored_scales = self.pack_scales(block_scale(values).squeeze(-1))
+        return self.store(self.encode(values, scales.unsqueeze(-1), noise)), stored_scales
+
+    def decode_blocks(self, stored: Tensor, stored_scales: Tensor) -> Tensor:
+        """The fp32 values ``(rows, blocks, block_size)`` of stored codes ``(rows, blocks, ·)``
+        and stored scales ``(rows, blocks +`` :attr:`row_columns` ``)``: the inverse of
+        :meth:`encode_blocks` up to rounding."""
+        return self.decode(self.load(stored), self.unpack_scales(stored_scales).unsqueeze(-1))
 
     @property
     def levels(self) -> int:

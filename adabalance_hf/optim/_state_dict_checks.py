@@ -318,10 +318,8 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"{tuple(scale.shape)}; for codes of shape {tuple(codes.shape)} it must be {kind} "
             f"of shape (*leading, {columns}). The state dict is damaged"
         )
-    if one_byte:
-        _check_state_tensor(scale.float(), key + "_scale", scale, where)  # meta device
-    else:
-        _check_state_tensor(scale, key + "_scale", scale, where)  # meta device, NaN
+    if not one_byte:  # NaN (uint8 scales hold none)
+        _check_state_tensor(scale, key + "_scale", scale, where)
 
 
 def _check_step(step: Any, where: str) -> None:
