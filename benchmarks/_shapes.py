@@ -4,12 +4,14 @@ Plain shapes, no download and no transformers: ``bert`` (``bert-base-uncased``'s
 with pooler, 109,482,240 parameters in 199 tensors), ``gpt2`` (GPT-2 small's ``GPT2Model``,
 124,439,808 in 148) and ``small`` (BERT-base shapes with 2 layers and an 8,192-token vocabulary,
 21,454,080 in 39) and ``llama1b`` (TinyLlama-1.1B's ``LlamaForCausalLM``, untied head, grouped
-key/value heads: 1,100,048,384 in 201). :func:`make_tensors` builds seeded parameters and gradients
-in those shapes.
+key/value heads: 1,100,048,384 in 201), and ``bert-flat`` (BERT-base's 109,482,240 parameters as
+one tensor: what a step costs without any per-tensor work, for either optimizer).
+:func:`make_tensors` builds seeded parameters and gradients in those shapes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -83,11 +85,16 @@ def llama_1b_shapes() -> Shapes:
     return [*shapes, ("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
 
 
+def _as_one_tensor(shapes: Shapes) -> Shapes:
+    return [("all", (sum(math.prod(shape) for _, shape in shapes),))]
+
+
 PARAM_SETS: dict[str, tuple[str, Callable[[], Shapes]]] = {
     "bert": ("BERT-base", bert_base_shapes),
     "gpt2": ("GPT-2 small", gpt2_small_shapes),
     "small": ("BERT-base, 2 layers, 8K vocabulary", lambda: bert_base_shapes(2, 8192)),
     "llama1b": ("TinyLlama-1.1B", llama_1b_shapes),
+    "bert-flat": ("BERT-base as one tensor", lambda: _as_one_tensor(bert_base_shapes())),
 }
 
 

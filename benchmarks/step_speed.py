@@ -2,7 +2,8 @@
 
 ``python benchmarks/step_speed.py`` (``--help``). ``--sets`` (``_shapes.py``): plain tensors in the
 shapes of BERT-base (``bert``), GPT-2 small (``gpt2``), a 2-layer BERT with an 8K vocabulary
-(``small``, quick). ``--rows``: entries of :data:`ROWS`, AdaBalance and AdamW per-tensor, foreach
+(``small``, quick), BERT-base's elements as one tensor (``bert-flat``: the step without per-tensor
+costs). ``--rows``: entries of :data:`ROWS`, AdaBalance and AdamW per-tensor, foreach
 and fused, the reference code's loop (``_reference_adabalance.py``, checked against the spec's
 oracle by ``tests/test_reference_code.py``), torchao's and bitsandbytes' ``AdamW8bit`` where the
 package imports (on CPU 10-20x AdamW fused: in ``all``, not in ``default``). ``weight_decay=0``
