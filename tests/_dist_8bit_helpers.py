@@ -160,6 +160,35 @@ def reference_8bit(
         return {"params": full_params(model), "state": state_by_name(model, optimizer)}
 
 
+class OneRowModel(torch.nn.Module):
+    """A weight of one row (4,096 elements: low-bit state) beside a 64 x 64 one. FSDP2 on 2 ranks
+    shards dim 0, so rank 1 holds a shard of the first with no rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.row = torch.nn.Parameter(torch.randn(1, 4096, generator=gen) * 0.02)
+        self.square = torch.nn.Parameter(torch.randn(64, 64, generator=gen) * 0.02)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x @ self.row.T).pow(2).sum() + (y @ self.square).pow(2).sum()
+
+
+def one_row_run(model: torch.nn.Module, cls_name: str, steps: int = 4) -> Any:
+    """``steps`` steps of ``cls_name`` (eager kernel) on the same inputs in every process, so
+    FSDP2's averaged gradients equal one process's bitwise; returns the optimizer."""
+    import adabalance_hf
+
+    optimizer = getattr(adabalance_hf, cls_name)(model.parameters(), lr=1e-2, fused=False)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 4096, generator=gen), torch.randn(8, 64, generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        model(x, y).backward()
+        optimizer.step()
+    return optimizer
+
+
 # ---------------------------------------------------------------------------------------------
 # Workers: run_workers(fn, ...) calls fn(rank, world, ...)
 
@@ -251,6 +280,24 @@ def dcp_load_8bit(model: torch.nn.Module, optimizer: Any, checkpoint: str) -> No
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
+def fsdp2_one_row_worker(rank: int, world: int, cls_name: str) -> dict[str, Any]:
+    """FSDP2 over :class:`OneRowModel`: steps, then each state decoded on this rank's shard."""
+    from torch.distributed.fsdp import fully_shard
+
+    from adabalance_hf.optim._blockwise_state import decoded_state
+
+    model = OneRowModel()
+    fully_shard(model)
+    optimizer = one_row_run(model, cls_name)
+    row_state = optimizer.state[model.row]
+    return {
+        "local_rows": model.row.to_local().shape[0],
+        "decoded_shapes": [tuple(decoded_state(row_state, key).shape) for key in CODE_KEYS],
+        "params": full_params(model),
+        "state": state_by_name(model, optimizer),
+    }
+
+
 def deepspeed_8bit_worker(rank: int, world: int, cls_name: str) -> dict[str, Any]:
     """DeepSpeed ZeRO-2 with ``cls_name`` as the client optimizer, fp32, on CPU/gloo."""
     import deepspeed
@@ -296,12 +343,15 @@ __all__ = [
     "LOW_BIT",
     "SAVE_AT",
     "WORLD",
+    "OneRowModel",
     "bert_8bit",
     "data_8bit",
     "dcp_load_8bit",
     "deepspeed_8bit_worker",
     "elements",
     "fsdp2_8bit_dcp_worker",
+    "fsdp2_one_row_worker",
+    "one_row_run",
     "one_thread",
     "optimizer_8bit",
     "quantized_share",

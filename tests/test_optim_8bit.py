@@ -17,7 +17,12 @@ import torch
 
 from adabalance_hf import AdaBalance, AdaBalance4bit, AdaBalance8bit
 from adabalance_hf.distributed.state_bytes import optimizer_state_bytes
-from adabalance_hf.optim._blockwise_state import CODECS
+from adabalance_hf.optim._blockwise_state import (
+    CODECS,
+    decoded_state,
+    dequantize_state,
+    quantize_state,
+)
 from adabalance_hf.optim._codecs import noise_fields, rounding_noise, step_seed
 from tests._oracle import OracleAdaBalance
 
@@ -307,6 +312,21 @@ def test_fp32_and_8bit_checkpoints_load_into_each_other() -> None:
     torch.testing.assert_close(state["exp_avg"].double(), decoded, rtol=1e-7, atol=0)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_shard_without_rows_converts_both_ways(bits) -> None:
+    """A shard with no rows (FSDP2 with fewer rows than ranks: shape (0, 64) here) quantizes
+    and decodes to codes and values of its shape; a ``-1`` in a reshape made both raise."""
+    fp32 = {key: torch.zeros(0, 64) for key in KEYS}
+    state = dict(fp32)
+    quantize_state(state, torch.zeros(0, 64), 32, dict.fromkeys(KEYS, bits))
+    for key in KEYS:
+        assert state[key].dtype == CODECS[bits][key].dtype and state[key].numel() == 0
+        assert state[key + "_scale"].shape == (0, 2 + int(bits == 4))
+        assert decoded_state(state, key).shape == (0, 64)
+    dequantize_state(state, torch.zeros(0, 64), torch.float32)
+    assert {key: state[key].shape for key in KEYS} == dict.fromkeys(KEYS, (0, 64))
+
+
 def test_a_checkpoint_of_another_block_size_is_requantized() -> None:
     params = _params()
     saver = AdaBalance8bit(params, lr=1e-2, block_size=64, **EAGER)
@@ -324,6 +344,8 @@ def test_a_checkpoint_of_another_block_size_is_requantized() -> None:
         ("exp_avg", lambda s: s["exp_avg"].float(), "must be torch.int8"),
         ("exp_avg_sq_scale", lambda s: s["exp_avg_sq_scale"][:, :1].repeat(1, 3), "block_size"),
         ("exp_avg_lr_scale", lambda s: s["exp_avg_lr_scale"] * math.nan, "NaN"),
+        ("exp_avg_sq", lambda s: s["exp_avg_sq"].to("meta"), "'exp_avg_sq' of parameter 0"),
+        ("exp_avg_scale", lambda s: s["exp_avg_scale"].to("meta"), "is on the meta device"),
     ],
 )
 def test_a_damaged_8bit_state_dict_is_refused_before_anything_loads(key, damage, message) -> None:

@@ -33,12 +33,15 @@ from _dist_8bit_helpers import (
     CODE_KEYS,
     LOW_BIT,
     SAVE_AT,
+    OneRowModel,
     bert_8bit,
     data_8bit,
     dcp_load_8bit,
     deepspeed_8bit_worker,
     elements,
     fsdp2_8bit_dcp_worker,
+    fsdp2_one_row_worker,
+    one_row_run,
     one_thread,
     optimizer_8bit,
     quantized_share,
@@ -231,3 +234,22 @@ def test_deepspeed_zero2_8bit_state_is_8bit(deepspeed_run) -> None:
     of at least 32 in common with block_size; other lengths keep fp32 state and warn)."""
     for result in deepspeed_run:
         assert result["quantized_share"] >= MIN_8BIT_SHARE, result["warnings"]
+
+
+def test_fsdp2_shard_without_rows_steps_like_one_process(cls_name) -> None:
+    """A 1-row weight on 2 FSDP2 ranks leaves rank 1 a shard with no rows: it steps (a division
+    by its row count raised ZeroDivisionError) and decodes to an empty shard, and the gathered
+    parameters and codes equal one process's bitwise."""
+    results = run_workers(fsdp2_one_row_worker, cls_name)
+    with one_thread():
+        model = OneRowModel()
+        optimizer = one_row_run(model, cls_name)
+        expected = {"params": full_params(model), "state": state_by_name(model, optimizer)}
+    assert [result["local_rows"] for result in results] == [1, 0]
+    assert results[1]["decoded_shapes"] == [(0, 4096)] * len(CODE_KEYS)
+    assert_8bit_state(expected["state"]["row"], cls_name, dtensor=False)
+    for result in results:
+        assert_8bit_state(result["state"]["row"], cls_name, dtensor=True)
+        assert_bitwise(result["params"], expected["params"])
+        for name, entry in result["state"].items():
+            assert_bitwise(entry["values"], expected["state"][name]["values"])

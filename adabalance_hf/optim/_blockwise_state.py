@@ -203,8 +203,10 @@ def quantize_state(
             continue
         codec = CODECS[bits[key]][key]
         values = local_tensor(state[key]).to(torch.float32)
-        rows = values.numel() // values.shape[-1]
-        stored, stored_scale = codec.encode_blocks(values.reshape(rows, -1, block_size), None)
+        rows, blocks = values.numel() // values.shape[-1], values.shape[-1] // block_size
+        # Sizes spelled out: a shard with no rows (FSDP2, fewer rows than ranks) has no -1.
+        blocked = values.reshape(rows, blocks, block_size)
+        stored, stored_scale = codec.encode_blocks(blocked, None)
         codes = stored.view(codec.codes_shape(values.shape, block_size))
         stored_scale = stored_scale.view(_scale_shape(values.shape, block_size, codec))
         _store(state, key, param, codes, stored_scale, block_size)
@@ -268,5 +270,8 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
     codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
     rows = scale.numel() // scale.shape[-1]
     blocks = scale.shape[-1] - codec.row_columns
-    values = codec.decode_blocks(codes.reshape(rows, blocks, -1), scale.reshape(rows, -1))
-    return values.view(*scale.shape[:-1], -1)
+    # Sizes spelled out: a shard with no rows (FSDP2, fewer rows than ranks) has no -1.
+    block_bytes = codes.shape[-1] if _packed(codes, scale) else codes.shape[-1] // blocks
+    stored = codes.reshape(rows, blocks, block_bytes)
+    values = codec.decode_blocks(stored, scale.reshape(rows, scale.shape[-1]))
+    return values.view(*scale.shape[:-1], blocks * values.shape[-1])

@@ -242,6 +242,8 @@ def _blockwise_adabalance(
     amsbound = hyper.amsbound
     for i, param in enumerate(params):
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
+        if local_tensor(param).numel() == 0:
+            continue  # a shard with no rows (FSDP2, fewer rows than ranks): nothing to step
         rows = _rows(param)
         blocks = local_tensor(exp_avg_scales[i]).numel() // rows - codecs[i].exp_avg.row_columns
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)

@@ -282,6 +282,8 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"{_PREFIX}: state {key!r} of {where} holds a {found} where low-bit state has "
             f"tensors of codes and of scales. The state dict is damaged"
         )
+    _check_not_meta(codes, key, param, where)
+    _check_not_meta(scale, key + "_scale", param, where)
     codec = state_codec(param_state, key)
     if codes.dtype != codec.dtype:
         raise ValueError(
@@ -318,7 +320,7 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"{tuple(scale.shape)}; for codes of shape {tuple(codes.shape)} it must be {kind} "
             f"of shape (*leading, {columns}). The state dict is damaged"
         )
-    if not one_byte:  # NaN (uint8 scales hold none)
+    if not one_byte:  # for NaN (uint8 scales hold none): shapes and devices are checked above
         _check_state_tensor(scale, key + "_scale", scale, where)
 
 
@@ -343,6 +345,15 @@ def _check_step(step: Any, where: str) -> None:
         )
 
 
+def _check_not_meta(value: torch.Tensor, key: str, param: torch.Tensor, where: str) -> None:
+    if value.device.type == "meta" and param.device.type != "meta":
+        raise ValueError(
+            f"{_PREFIX}: state {key!r} of {where} is on the meta device, which holds no data, "
+            f"and cannot be copied to the parameter's device {param.device}; the checkpoint "
+            f"was saved from an optimizer whose state was never materialised. {_CORRUPT}"
+        )
+
+
 def _check_state_tensor(value: Any, key: str, param: torch.Tensor, where: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise ValueError(
@@ -355,12 +366,7 @@ def _check_state_tensor(value: Any, key: str, param: torch.Tensor, where: str) -
             f"parameter has shape {tuple(param.shape)}; the state dict was saved for another "
             f"model or another parameter order"
         )
-    if value.device.type == "meta" and param.device.type != "meta":
-        raise ValueError(
-            f"{_PREFIX}: state {key!r} of {where} is on the meta device, which holds no data, "
-            f"and cannot be copied to the parameter's device {param.device}; the checkpoint "
-            f"was saved from an optimizer whose state was never materialised. {_CORRUPT}"
-        )
+    _check_not_meta(value, key, param, where)
     if not (value.is_floating_point() or value.is_complex()):
         raise ValueError(
             f"{_PREFIX}: state {key!r} of {where} is {value.dtype}; AdaBalance state is "
