@@ -228,13 +228,15 @@ def test_eps_0_with_a_zero_gradient_and_no_bounds_is_nan_as_in_torch_adam(foreac
     assert torch.isnan(adam_param[0])  # torch's own convention for eps=0: 0 / 0
 
 
-@PATHS
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: with eps=0, lr=0 gives eta = 0/0 = NaN on a zero second moment, so an lr=0 "
-    "step (torch.distributed.checkpoint's state initialisation) makes such parameters NaN; the "
-    "fix belongs in the step kernels",
-)
-def test_eps_0_step_with_lr_0_moves_no_parameter(foreach) -> None:
-    param, _ = _step_eps_0(foreach, lr=0.0)
+@pytest.mark.parametrize("path", ["per_tensor", "foreach", "fused"])
+def test_eps_0_step_with_lr_0_moves_no_parameter_and_keeps_the_rate_finite(path) -> None:
+    """With eps=0 a zero second moment gives a zero denominator; at lr=0 (the step with which
+    torch.distributed.checkpoint initialises state) the rate's increment was 0 / 0, which made
+    the rate and the parameter NaN."""
+    param = torch.ones(2, requires_grad=True)
+    flags = {"foreach": path == "foreach", "fused": path == "fused"}
+    optimizer = AdaBalance([param], lr=0.0, eps=0.0, **flags)
+    param.grad = torch.tensor([0.0, 1.0])  # element 0 has a zero second moment
+    optimizer.step()
+    assert torch.equal(optimizer.state[param]["exp_avg_lr"], torch.zeros(2))
     assert torch.equal(param.detach(), torch.ones(2))

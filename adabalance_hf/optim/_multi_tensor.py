@@ -168,7 +168,7 @@ def _step_chunk(
     buffers = torch._foreach_sqrt(second_moments)
     if max_exp_avg_sqs is None:
         torch._foreach_div_(buffers, [s.bias_correction2_sqrt for s in scalars])
-    torch._foreach_add_(buffers, hyper.eps)
+    torch._foreach_add_(buffers, hyper.denominator_eps)
 
     # s = beta3 * s + (1 - beta3) * eta with eta = step_size / denom: one lerp pass over s.
     torch._foreach_reciprocal_(buffers)

@@ -25,7 +25,8 @@ def _single_tensor_adabalance(
     hyper: Hyper,
     has_complex: bool,
 ) -> None:
-    amsbound, lr, eps, weight_decay = hyper.amsbound, hyper.lr, hyper.eps, hyper.weight_decay
+    amsbound, lr, weight_decay = hyper.amsbound, hyper.lr, hyper.weight_decay
+    eps = hyper.denominator_eps
     decoupled_weight_decay, maximize = hyper.decoupled_weight_decay, hyper.maximize
     for i, param in enumerate(params):
         grad = grads[i]

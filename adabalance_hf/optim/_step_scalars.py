@@ -176,7 +176,7 @@ def kernel_scalars(step: float, hyper: Hyper) -> KernelScalars:
         beta2=hyper.beta2,
         one_minus_beta2=1 - hyper.beta2,
         beta3=hyper.beta3,
-        eps=hyper.eps,
+        eps=hyper.denominator_eps,
         l2=hyper.weight_decay if not decoupled else 0.0,
         decay=1 - hyper.lr * hyper.weight_decay if decoupled else 1.0,
         grad_sign=-1.0 if hyper.maximize else 1.0,

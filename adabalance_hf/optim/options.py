@@ -182,6 +182,14 @@ class Hyper(NamedTuple):
     maximize: bool
     stochastic_round: bool
 
+    @property
+    def denominator_eps(self) -> float:
+        """``eps`` as the smoothed rate's denominator takes it: 1 at ``lr == 0``, where the
+        rate's increment ``(1 - beta3) * lr / denom`` is 0 whatever ``denom`` and ``eps=0`` with
+        a zero second moment would make it 0 / 0 = NaN; else ``eps``. The same results
+        otherwise, bit for bit (0 divided by any positive number is 0)."""
+        return 1.0 if self.lr == 0.0 else self.eps
+
 
 _STEP_OPTIONS = tuple((o.name, o.kind) for o in OPTIONS if o.step)
 if Hyper._fields != tuple(field for o in OPTIONS for field in o.step or ()):
