@@ -57,6 +57,7 @@ from adabalance_hf.optim._codecs import (
     Codec,
     FloatCode,
     LinearCode,
+    block_scale,
     power_of_two_above,
     step_seed,
 )
@@ -122,10 +123,20 @@ def fake_codecs(
     return codecs
 
 
+def block_maxima(codec: Codec, values: torch.Tensor) -> torch.Tensor:
+    """The scale of each block of ``values`` ``(blocks, block_size)`` without a ``^``: its
+    largest magnitude, rounded up to bf16 for 4-bit codes (``AdaBalance4bit``'s scales before its
+    one-byte layout, so that the rows recorded then keep their meaning), fp32 for 8-bit ones."""
+    scale = block_scale(values)
+    if codec.bits < 8:  # round the fp32 pattern up to its top 16 bits
+        scale = ((scale.view(torch.int32) + 0xFFFF) & -65536).view(torch.float32)
+    return scale
+
+
 def rank1_scale(codec: Codec, values: torch.Tensor) -> torch.Tensor:
     """Li et al.'s rank-1 normalizer of a matrix: min(row's, column's largest magnitude)."""
-    rows = codec.scale_of(values)  # (rows, 1), rounded up as the codec stores its scales
-    columns = codec.scale_of(values.t().contiguous()).t()  # (1, cols)
+    rows = block_maxima(codec, values)  # (rows, 1)
+    columns = block_maxima(codec, values.t().contiguous()).t()  # (1, cols)
     return torch.minimum(rows, columns)
 
 
@@ -185,7 +196,7 @@ def round_states(
                 else:
                     block = blocks(param, block_size or 32)
                     values = state[key].view(-1, block)
-                    scale = codec.scale_of(values)
+                    scale = block_maxima(codec, values)
                 if scale_code is not None:
                     mantissa_bits, per_row = scale_code
                     row = param.shape[-1] // values.shape[-1] if per_row else None
