@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -25,7 +24,7 @@ from torch import Tensor
 from torch.fx.experimental import _config as _fx_config
 
 from ._codecs import Codec, noise_fields, rounding_noise, step_seed
-from ._compile import run_compiled
+from ._compile import compile_variant, run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._fused import (
     _WRITE_MASTER,
@@ -141,7 +140,8 @@ class BlockwiseVariant(NamedTuple):
 
 @functools.cache
 def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
-    """The compiled kernel of one variant, under a code object of its own (see ``_fused``)."""
+    """The compiled kernel of one variant, under a code object of its own (see
+    ``_compile.compile_variant``)."""
     codecs = variant.codecs
 
     def kernel(*args: object) -> None:
@@ -150,8 +150,6 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
     bits = "_".join(str(c.bits) if c is not None else "no" for c in codecs)
     name = f"_blockwise_kernel_{variant.device_type}_{variant.param_dtype}_{bits}".replace(".", "_")
     name += f"_{variant.grad_dtype}_{variant.write_mode}".replace(".", "_")
-    code = kernel.__code__.replace(co_name=name)
-    unique = types.FunctionType(code, kernel.__globals__, name, None, kernel.__closure__)
     # Without the realize thresholds inductor stores the new m, v and s (three fp32 tensors the
     # size of the parameter: 270 MiB at BERT's embedding) between the pass that takes their
     # block maxima and the pass that encodes them; with them it recomputes them instead.
@@ -161,13 +159,7 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
         "realize_reads_threshold": 1_000,
         "realize_acc_reads_threshold": 1_000,
     }
-    compiled = torch.compile(unique, fullgraph=True, dynamic=True, options=options)
-
-    def run(*args: object) -> None:
-        with _shape_agnostic():
-            compiled(*args)
-
-    return run
+    return compile_variant(kernel, name, options, _shape_agnostic)
 
 
 def _shape_agnostic() -> contextlib.AbstractContextManager:

@@ -9,12 +9,16 @@ logger at WARNING level, with how long it took; later variants (another dtype) a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import types
 import warnings
 from collections.abc import Callable, Hashable
 
-__all__ = ["run_compiled"]
+import torch
+
+__all__ = ["compile_variant", "run_compiled"]
 
 logger = logging.getLogger("adabalance_hf")
 
@@ -27,6 +31,37 @@ def _cache_dir() -> str:
     except ImportError:  # pragma: no cover - another torch layout
         return "torch.compile's cache"
     return cache_dir()
+
+
+def compile_variant(
+    kernel: Callable[..., None],
+    name: str,
+    options: dict[str, object],
+    context: Callable[[], contextlib.AbstractContextManager],
+) -> Callable[..., None]:
+    """``torch.compile(kernel)`` (full graph, dynamic sizes) under a code object of its own.
+
+    Each variant of a kernel gets a copy with a code object named ``name``, because dynamo keeps
+    one cache, with a limit of 8 entries, per code object: variants sharing one would evict each
+    other and, with ``fullgraph=True``, fail once the limit is hit.
+
+    Args:
+        kernel (callable): the kernel (a closure keeps its cells).
+        name (str): the copy's name, unique per variant.
+        options (dict): inductor's options.
+        context (callable): returns the context every call runs in (how dynamo treats sizes).
+    """
+    code = kernel.__code__.replace(co_name=name)
+    unique = types.FunctionType(
+        code, kernel.__globals__, name, kernel.__defaults__, kernel.__closure__
+    )
+    compiled = torch.compile(unique, fullgraph=True, dynamic=True, options=options)
+
+    def run(*args: object) -> None:
+        with context():
+            compiled(*args)
+
+    return run
 
 
 def run_compiled(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental import _config as _fx_config
 
-from ._compile import run_compiled
+from ._compile import compile_variant, run_compiled
 from ._dtensor import local_tensor
 from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype, stochastic_round_to_bf16
@@ -187,15 +186,9 @@ def _adabalance_kernel(
 
 @functools.cache
 def _compiled_kernel(variant: KernelVariant) -> Callable[..., None]:
-    """The compiled kernel for one variant.
-
-    Each variant gets a copy of the kernel with a code object of its own, because dynamo keeps
-    one cache, with a limit of 8 entries, per code object: variants sharing one would evict each
-    other and, with ``fullgraph=True``, fail once the limit is hit.
-    """
+    """The compiled kernel for one variant, under a code object of its own (see
+    ``_compile.compile_variant``)."""
     name = "_adabalance_kernel_" + "_".join(str(part).replace(".", "_") for part in variant)
-    code = _adabalance_kernel.__code__.replace(co_name=name)
-    kernel = types.FunctionType(code, _adabalance_kernel.__globals__, name)
     # With dynamic sizes inductor decides at compile time, from the first call's size, whether
     # to parallelise; a first call on a bias would give a one-thread kernel for every tensor.
     # dynamic_threads lets the OpenMP runtime decide per call instead.
@@ -207,13 +200,7 @@ def _compiled_kernel(variant: KernelVariant) -> Callable[..., None]:
         # Inductor would otherwise use the unscaled gradient before its rounding to fp16/bf16,
         # where an unscale pass (and the per-tensor path) uses the rounded value.
         options["emulate_precision_casts"] = True
-    compiled = torch.compile(kernel, fullgraph=True, dynamic=True, options=options)
-
-    def run(*args: object) -> None:
-        with _distinct_sizes():
-            compiled(*args)
-
-    return run
+    return compile_variant(_adabalance_kernel, name, options, _distinct_sizes)
 
 
 def _distinct_sizes() -> contextlib.AbstractContextManager:
