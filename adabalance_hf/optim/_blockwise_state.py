@@ -3,7 +3,9 @@
 A quantized state keeps AdaBalance's key names for the codes and puts each code tensor's
 per-block scales under ``<key>_scale``, shaped like the parameter with its last dimension divided
 by the block size: fp32 for 8-bit codes; for 4-bit ones a byte a block and one more a row (the
-last column, see ``_codecs.pack_byte_scales``). 8-bit codes are shaped like the
+last column, see ``_codecs.pack_byte_scales``). A state may share one scale between consecutive
+blocks (``AdaBalance4bit``'s second moments: one per two blocks, where a row holds an even
+number), which its scales' shape says: it has that many times fewer. 8-bit codes are shaped like the
 parameter; 4-bit codes, packed two per byte, ``(*leading, blocks, block_size // 2)`` (see
 ``_codecs``). Both follow the parameter's leading dimensions, so a DTensor parameter sharded on
 any dimension but its last has its state sharded the same way, and DCP re-shards it (2 ranks
@@ -34,6 +36,8 @@ __all__ = [
     "quantize_state",
     "saved_block_size",
     "saved_codes",
+    "saved_scale_groups",
+    "scale_group",
     "state_codec",
     "tensor_block_size",
 ]
@@ -134,6 +138,22 @@ def saved_block_size(state: dict[str, Any]) -> int:
     return codes.shape[-1] // scale.shape[-1]
 
 
+def scale_group(codes: Tensor, scale: Tensor, codec: Codec) -> int:
+    """How many consecutive blocks of ``codes`` share each of its stored scales ``scale``."""
+    if not _packed(codes, scale):
+        return 1
+    return codes.shape[-2] // max(scale.shape[-1] - codec.row_columns, 1)
+
+
+def saved_scale_groups(state: dict[str, Any]) -> dict[str, int]:
+    """How many consecutive blocks share a scale in each quantized state of ``state``, by key."""
+    return {
+        key: scale_group(state[key], state[_scale_key(key)], state_codec(state, key))
+        for key in STATE_KEYS
+        if key in state
+    }
+
+
 def saved_bits(state: dict[str, Any]) -> dict[str, int]:
     """The width of each quantized state in ``state``, by key."""
     return {key: state_codec(state, key).bits for key in STATE_KEYS if key in state}
@@ -152,21 +172,30 @@ def _like(param: Tensor, local: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def _scale_shape(
-    shape: torch.Size | tuple[int, ...], block_size: int, codec: Codec
+    shape: torch.Size | tuple[int, ...], block_size: int, codec: Codec, group: int
 ) -> tuple[int, ...]:
-    return (*shape[:-1], shape[-1] // block_size + codec.row_columns)
+    return (*shape[:-1], shape[-1] // (block_size * group) + codec.row_columns)
 
 
 def _store(
-    state: dict[str, Any], key: str, param: Tensor, codes: Tensor, scale: Tensor, block_size: int
+    state: dict[str, Any],
+    key: str,
+    param: Tensor,
+    codes: Tensor,
+    scale: Tensor,
+    block_size: int,
+    group: int,
 ) -> None:
     """Put local ``codes`` (stored form) and ``scale`` of ``key`` into ``state`` as ``param``'s."""
     codec = CODECS[8 if codes.dim() == scale.dim() else 4][key]
     state[key] = _like(param, codes, codec.codes_shape(tuple(param.shape), block_size))
-    state[_scale_key(key)] = _like(param, scale, _scale_shape(param.shape, block_size, codec))
+    scale_shape = _scale_shape(param.shape, block_size, codec, group)
+    state[_scale_key(key)] = _like(param, scale, scale_shape)
 
 
-def new_quantized_state(param: Tensor, key: str, block_size: int, bits: int) -> dict[str, Tensor]:
+def new_quantized_state(
+    param: Tensor, key: str, block_size: int, bits: int, group: int = 1
+) -> dict[str, Tensor]:
     """Zero codes and scales of state ``key`` for ``param`` (they decode to 0, as fp32 state).
 
     Args:
@@ -174,21 +203,25 @@ def new_quantized_state(param: Tensor, key: str, block_size: int, bits: int) -> 
         key (str): the state's name, one of :data:`STATE_KEYS`.
         block_size (int): elements per block.
         bits (int): the codes' width, 8 or 4.
+        group (int, optional): consecutive blocks that share a scale. Default: ``1``
     """
     codec = CODECS[bits][key]
     local = local_tensor(param)
     codes = torch.zeros(codec.codes_shape(local.shape, block_size), dtype=codec.dtype,
                         device=local.device)  # fmt: skip
-    scale = torch.zeros(
-        _scale_shape(local.shape, block_size, codec), dtype=codec.scale_dtype, device=local.device
-    )
+    scale_shape = _scale_shape(local.shape, block_size, codec, group)
+    scale = torch.zeros(scale_shape, dtype=codec.scale_dtype, device=local.device)
     state: dict[str, Tensor] = {}
-    _store(state, key, param, codes, scale, block_size)
+    _store(state, key, param, codes, scale, block_size, group)
     return state
 
 
 def quantize_state(
-    state: dict[str, Any], param: Tensor, block_size: int, bits: dict[str, int]
+    state: dict[str, Any],
+    param: Tensor,
+    block_size: int,
+    bits: dict[str, int],
+    groups: dict[str, int] | None = None,
 ) -> None:
     """Replace the fp32 moments in ``state`` by their codes (rounded to nearest), in place.
 
@@ -197,6 +230,7 @@ def quantize_state(
         param (Tensor): the parameter.
         block_size (int): elements per block.
         bits (dict): the width of each state's codes, by key.
+        groups (dict, optional): consecutive blocks that share a scale, by key (1 if missing).
     """
     for key in STATE_KEYS:
         if key not in state:
@@ -206,10 +240,11 @@ def quantize_state(
         rows, blocks = values.numel() // values.shape[-1], values.shape[-1] // block_size
         # Sizes spelled out: a shard with no rows (FSDP2, fewer rows than ranks) has no -1.
         blocked = values.reshape(rows, blocks, block_size)
-        stored, stored_scale = codec.encode_blocks(blocked, None)
+        group = (groups or {}).get(key, 1)
+        stored, stored_scale = codec.encode_blocks(blocked, None, group)
         codes = stored.view(codec.codes_shape(values.shape, block_size))
-        stored_scale = stored_scale.view(_scale_shape(values.shape, block_size, codec))
-        _store(state, key, param, codes, stored_scale, block_size)
+        stored_scale = stored_scale.view(_scale_shape(values.shape, block_size, codec, group))
+        _store(state, key, param, codes, stored_scale, block_size, group)
 
 
 def dequantize_state(state: dict[str, Any], param: Tensor, dtype: torch.dtype) -> None:
@@ -269,9 +304,10 @@ def decoded_state(state: dict[str, Any], key: str) -> Tensor:
     codec = state_codec(state, key)
     codes, scale = local_tensor(state[key]), local_tensor(state[_scale_key(key)])
     rows = scale.numel() // scale.shape[-1]
-    blocks = scale.shape[-1] - codec.row_columns
+    group = scale_group(codes, scale, codec)
+    blocks = (scale.shape[-1] - codec.row_columns) * group
     # Sizes spelled out: a shard with no rows (FSDP2, fewer rows than ranks) has no -1.
     block_bytes = codes.shape[-1] if _packed(codes, scale) else codes.shape[-1] // blocks
     stored = codes.reshape(rows, blocks, block_bytes)
-    values = codec.decode_blocks(stored, scale.reshape(rows, scale.shape[-1]))
+    values = codec.decode_blocks(stored, scale.reshape(rows, scale.shape[-1]), group)
     return values.view(*scale.shape[:-1], blocks * values.shape[-1])

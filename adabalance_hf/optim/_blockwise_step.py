@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental import _config as _fx_config
 
+from ._blockwise_state import scale_group
 from ._codecs import Codec, noise_fields, rounding_noise, step_seed
 from ._compile import compile_variant, run_compiled
 from ._dtensor import global_offset, local_tensor
@@ -49,11 +50,21 @@ class StateCodecs(NamedTuple):
     max_exp_avg_sq: Codec | None
 
 
+class ScaleGroups(NamedTuple):
+    """Consecutive blocks that share a scale, per state, in one kernel call (1 without amsbound)."""
+
+    exp_avg: int = 1
+    exp_avg_sq: int = 1
+    exp_avg_lr: int = 1
+    max_exp_avg_sq: int = 1
+
+
 class QuantizedTensors(NamedTuple):
     """The tensors of one kernel call, by row (the parameter's leading dimensions): codes
-    ``(rows, blocks, block_size // per_byte)``, stored scales ``(rows, blocks + row_columns)``,
-    the parameter and gradient ``(rows, blocks, block_size)``. Kept 3-D so that the kernel
-    finds a block's scale without dividing its index by the blocks per row."""
+    ``(rows, blocks, block_size // per_byte)``, stored scales ``(rows, blocks // group +
+    row_columns)`` (``group`` from :class:`ScaleGroups`), the parameter and gradient ``(rows,
+    blocks, block_size)``. Kept 3-D so that the kernel finds a block's scale without dividing
+    its index by the blocks per row."""
 
     param: Tensor
     grad: Tensor
@@ -82,8 +93,10 @@ def _random_fields(index: Tensor, seed: Tensor, count: int) -> list[Tensor]:
     return fields[:count]
 
 
-def _encode_into(codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise) -> None:
-    stored, stored_scale = codec.encode_blocks(values, noise)
+def _encode_into(
+    codec: Codec, codes: Tensor, scale: Tensor, values: Tensor, noise, group: int
+) -> None:
+    stored, stored_scale = codec.encode_blocks(values, noise, group)
     codes.copy_(stored)
     scale.copy_(stored_scale)
 
@@ -104,27 +117,25 @@ def _blockwise_kernel(
     seed: Tensor,
     write_mode: int,
     codecs: StateCodecs,
+    groups: ScaleGroups,
 ) -> None:
     value = master if master is not None else param.to(torch.float32)
-    m = codecs.exp_avg.decode_blocks(exp_avg, exp_avg_scale)
-    v = codecs.exp_avg_sq.decode_blocks(exp_avg_sq, exp_avg_sq_scale)
-    s = codecs.exp_avg_lr.decode_blocks(exp_avg_lr, exp_avg_lr_scale)
-    v_max = None
-    if max_exp_avg_sq is not None:
-        v_max = codecs.max_exp_avg_sq.decode_blocks(max_exp_avg_sq, max_exp_avg_sq_scale)  # type: ignore[union-attr]
-    value, m, v, s, v_max = adabalance_update(value, grad, m, v, s, v_max, hyper)
+    codes = (exp_avg, exp_avg_sq, exp_avg_lr, max_exp_avg_sq)
+    scales = (exp_avg_scale, exp_avg_sq_scale, exp_avg_lr_scale, max_exp_avg_sq_scale)
+    # (codec, codes, stored scales, scale group) of each state; amsbound's maximum last
+    states = [
+        state for state in zip(codecs, codes, scales, groups, strict=True) if state[1] is not None
+    ]
+    decoded = [codec.decode_blocks(c, scale, group) for codec, c, scale, group in states]
+    m, v, s, v_max = (*decoded, None)[:4]
+    value, *new = adabalance_update(value, grad, m, v, s, v_max, hyper)
 
-    states = [(codecs.exp_avg, exp_avg, exp_avg_scale, m)]
-    states.append((codecs.exp_avg_sq, exp_avg_sq, exp_avg_sq_scale, v))
-    states.append((codecs.exp_avg_lr, exp_avg_lr, exp_avg_lr_scale, s))
-    if max_exp_avg_sq is not None:
-        states.append((codecs.max_exp_avg_sq, max_exp_avg_sq, max_exp_avg_sq_scale, v_max))
     stochastic = sum(codec.stochastic for codec, *_ in states)
     index = torch.arange(param.numel(), device=param.device).view(param.shape)
     fields = iter(_random_fields(index, seed, stochastic))
-    for codec, codes, scale, values in states:
+    for (codec, c, scale, group), values in zip(states, new, strict=False):
         noise = codec.noise(next(fields)) if codec.stochastic else None
-        _encode_into(codec, codes, scale, values, noise)
+        _encode_into(codec, c, scale, values, noise, group)
     write_param(param, master, value, write_mode)
 
 
@@ -136,20 +147,22 @@ class BlockwiseVariant(NamedTuple):
     grad_dtype: torch.dtype
     write_mode: int
     codecs: StateCodecs
+    groups: ScaleGroups
 
 
 @functools.cache
 def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
     """The compiled kernel of one variant, under a code object of its own (see
     ``_compile.compile_variant``)."""
-    codecs = variant.codecs
+    codecs, groups = variant.codecs, variant.groups
 
     def kernel(*args: object) -> None:
-        _blockwise_kernel(*args, codecs=codecs)  # type: ignore[arg-type]
+        _blockwise_kernel(*args, codecs=codecs, groups=groups)  # type: ignore[arg-type]
 
     bits = "_".join(str(c.bits) if c is not None else "no" for c in codecs)
     name = f"_blockwise_kernel_{variant.device_type}_{variant.param_dtype}_{bits}".replace(".", "_")
     name += f"_{variant.grad_dtype}_{variant.write_mode}".replace(".", "_")
+    name += "_groups_" + "_".join(map(str, groups))
     # Without the realize thresholds inductor stores the new m, v and s (three fp32 tensors the
     # size of the parameter: 270 MiB at BERT's embedding) between the pass that takes their
     # block maxima and the pass that encodes them; with them it recomputes them instead.
@@ -194,6 +207,10 @@ def _scales(tensor: Tensor, rows: int) -> Tensor:
     return local_tensor(tensor).view(rows, -1).detach()
 
 
+def _scale_group(codes: Tensor, scales: Tensor, codec: Codec) -> int:
+    return scale_group(local_tensor(codes), local_tensor(scales), codec)
+
+
 def _rows(param: Tensor) -> int:
     """The rows of ``param``'s local tensor: the leading dimensions (a 1-D tensor is one row)."""
     local = local_tensor(param)
@@ -236,8 +253,16 @@ def _blockwise_adabalance(
         step = state_steps[i].item()  # a CPU tensor: no device synchronisation
         if local_tensor(param).numel() == 0:
             continue  # a shard with no rows (FSDP2, fewer rows than ranks): nothing to step
-        rows = _rows(param)
-        blocks = local_tensor(exp_avg_scales[i]).numel() // rows - codecs[i].exp_avg.row_columns
+        rows, codec = _rows(param), codecs[i]
+        codes = [exp_avgs[i], exp_avg_sqs[i], exp_avg_lrs[i]]
+        scales = [exp_avg_scales[i], exp_avg_sq_scales[i], exp_avg_lr_scales[i]]
+        if amsbound:
+            codes.append(max_exp_avg_sqs[i])
+            scales.append(max_exp_avg_sq_scales[i])
+        groups = ScaleGroups(*map(_scale_group, codes, scales, codec))
+        blocks = groups.exp_avg * (
+            local_tensor(scales[0]).numel() // rows - codec.exp_avg.row_columns
+        )
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
         if master_params is not None:
             write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows, blocks)
@@ -265,8 +290,9 @@ def _blockwise_adabalance(
                 param_dtype=param.dtype,
                 grad_dtype=grads[i].dtype,
                 write_mode=write_mode,
-                codecs=codecs[i],
+                codecs=codec,
+                groups=groups,
             )
             _run_compiled(variant, args, owner)
         else:
-            _blockwise_kernel(*args, codecs=codecs[i])
+            _blockwise_kernel(*args, codecs=codec, groups=groups)

@@ -2,8 +2,9 @@
 
 Each block of consecutive elements along a tensor's last dimension shares one scale, the largest
 magnitude in the block (fp32 for 8-bit codes; for 4-bit codes one byte, rounded up, relative to
-a byte per row: see :func:`pack_byte_scales`); an element is stored as a code of
-``value / scale``. A codec is
+a byte per row: see :func:`pack_byte_scales`), or a group of consecutive blocks does (the
+``group`` of :meth:`Codec.encode_blocks`: their codes stay in blocks, packed as any block's);
+an element is stored as a code of ``value / scale``. A codec is
 the pair ``encode`` (fp32 values and scale -> integer codes) and ``decode``, plus how the codes
 are stored (:meth:`Codec.store` / :meth:`Codec.load`); the low-bit step decodes, runs the fp32
 update and encodes (``_blockwise_step``), so a new code is a new codec and nothing else.
@@ -33,6 +34,7 @@ element ``k + block_size // 2`` in its high nibble), shaped ``(*leading, blocks,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +110,17 @@ def unpack_byte_scales(stored: Tensor) -> Tensor:
     return torch.where(block_bytes > 0, ratio * top, 0.0)
 
 
+def _per_block(scales: Tensor, blocks: int, group: int) -> Tensor:
+    """Scales ``(rows, blocks // group)`` repeated for each of their ``group`` blocks.
+
+    An indexed load (a repeat or an expanded reshape relates the sizes of the scales and the
+    codes, which leaves inductor storing the elements' indices and values between its loops).
+    """
+    if group == 1:
+        return scales
+    return scales[..., torch.arange(blocks, device=scales.device) // group]
+
+
 def _ratio(values: Tensor, scale: Tensor) -> Tensor:
     # A block of zeros has scale 0 (its codes decode to 0 whatever they are); min() keeps a ratio
     # that rounds above 1 in the largest code. Multiplying by the reciprocal costs one division
@@ -160,19 +173,39 @@ class Codec:
         return unpack_byte_scales(stored)
 
     def encode_blocks(
-        self, values: Tensor, noise: Tensor | int | float | None
+        self, values: Tensor, noise: Tensor | int | float | None, group: int = 1
     ) -> tuple[Tensor, Tensor]:
         """The stored codes and stored scales of fp32 ``values`` ``(rows, blocks, block_size)``:
-        each block's scale from its largest magnitude (:meth:`pack_scales`), then
-        :meth:`encode` (``noise`` as there) and :meth:`store`."""
-        scales, stored_scales = self.pack_scales(block_scale(values).squeeze(-1))
-        return self.store(self.encode(values, scales.unsqueeze(-1), noise)), stored_scales
+        the scale of each ``group`` consecutive blocks from their largest magnitude
+        (:meth:`pack_scales`), then :meth:`encode` (``noise`` as there) and :meth:`store`.
 
-    def decode_blocks(self, stored: Tensor, stored_scales: Tensor) -> Tensor:
+        Args:
+            values (Tensor): fp32 values, one block per slice of the last dimension.
+            noise (Tensor, number or None): rounding noise, as :meth:`encode` takes it.
+            group (int, optional): consecutive blocks that share one scale; it divides the
+                blocks of a row. Default: ``1``
+        """
+        maxima = block_scale(values).squeeze(-1)
+        blocks = maxima.shape[-1]
+        if group > 1:
+            first = torch.arange(blocks // group, device=values.device) * group
+            maxima = functools.reduce(torch.maximum, (maxima[..., first + k] for k in range(group)))
+            # Each block reads its scale back from the stored ones (exactly what pack_scales
+            # gives): in a compiled kernel one load, where the packed scales would inline the
+            # maxima's pairing into every element's code (minutes more of compile).
+            stored_scales = self.pack_scales(maxima)[1]
+            scales = _per_block(self.unpack_scales(stored_scales), blocks, group)
+        else:
+            scales, stored_scales = self.pack_scales(maxima)
+        codes = self.encode(values, scales.unsqueeze(-1), noise)
+        return self.store(codes), stored_scales
+
+    def decode_blocks(self, stored: Tensor, stored_scales: Tensor, group: int = 1) -> Tensor:
         """The fp32 values ``(rows, blocks, block_size)`` of stored codes ``(rows, blocks, ·)``
-        and stored scales ``(rows, blocks +`` :attr:`row_columns` ``)``: the inverse of
-        :meth:`encode_blocks` up to rounding."""
-        return self.decode(self.load(stored), self.unpack_scales(stored_scales).unsqueeze(-1))
+        and stored scales ``(rows, blocks // group +`` :attr:`row_columns` ``)``: the inverse of
+        :meth:`encode_blocks` (with the same ``group``) up to rounding."""
+        scales = _per_block(self.unpack_scales(stored_scales), stored.shape[-2], group)
+        return self.decode(self.load(stored), scales.unsqueeze(-1))
 
     @property
     def levels(self) -> int:

@@ -24,6 +24,7 @@ from ._blockwise_state import (
     quantize_state,
     saved_bits,
     saved_block_size,
+    saved_scale_groups,
     tensor_block_size,
 )
 from ._blockwise_step import StateCodecs, _blockwise_adabalance
@@ -56,6 +57,9 @@ class LowBitAdaBalance(AdaBalance):
     state_bits: ClassVar[dict[str, int]] = {}
     #: The ``block_size`` that ``None`` stands for.
     default_block_size: ClassVar[int] = 128
+    #: Consecutive blocks that share one scale, by state key (1 where missing, and in a row
+    #: whose blocks they do not divide).
+    scale_groups: ClassVar[dict[str, int]] = {}
 
     def __init__(
         self,
@@ -133,6 +137,13 @@ class LowBitAdaBalance(AdaBalance):
         block = tensor_block_size(param, block_size)
         return None if block is None or (self._packs() and block % 2) else block
 
+    def _scale_groups(self, param: Tensor, block: int) -> dict[str, int]:
+        """The scale group of each state of ``param`` whose blocks are ``block`` long."""
+        blocks = param.shape[-1] // block
+        return {key: self.scale_groups.get(key, 1) for key in STATE_KEYS} | {
+            key: 1 for key, group in self.scale_groups.items() if blocks % group
+        }
+
     def _quantized(self, group: dict[str, Any], param: Tensor) -> bool:
         state = self.state.get(param)
         if state and "exp_avg" in state:
@@ -179,10 +190,11 @@ class LowBitAdaBalance(AdaBalance):
                 block_size = saved_block_size(state)
             else:
                 block_size = self._block(param, group["block_size"])
+            scale_groups = self._scale_groups(param, block_size)
             for key in keys:
                 if key not in state:  # max_exp_avg_sq also when amsbound is switched on
-                    bits = self.state_bits[key]
-                    state.update(new_quantized_state(param, key, block_size, bits))
+                    bits, scale_group = self.state_bits[key], scale_groups[key]
+                    state.update(new_quantized_state(param, key, block_size, bits, scale_group))
             low = param.dtype in LOW_PRECISION_DTYPES
             if low and group["master_weights"] and "master_param" not in state:
                 state["master_param"] = param.detach().to(torch.float32, copy=True)
@@ -274,14 +286,21 @@ class LowBitAdaBalance(AdaBalance):
                     continue
                 wanted = self._block(param, group["block_size"])
                 if is_quantized_state(state) and (
-                    saved_block_size(state) != wanted or not self._has_own_bits(state)
+                    saved_block_size(state) != wanted
+                    or not self._has_own_bits(state)
+                    or not self._has_own_scale_groups(state, param, wanted)
                 ):
                     dequantize_state(state, param, compute_dtype(param.dtype))
                 if wanted is not None and not is_quantized_state(state):
-                    quantize_state(state, param, wanted, self.state_bits)
+                    scale_groups = self._scale_groups(param, wanted)
+                    quantize_state(state, param, wanted, self.state_bits, scale_groups)
 
     def _has_own_bits(self, state: dict[str, Any]) -> bool:
         return all(self.state_bits[key] == bits for key, bits in saved_bits(state).items())
+
+    def _has_own_scale_groups(self, state: dict[str, Any], param: Tensor, block: int) -> bool:
+        wanted = self._scale_groups(param, block)
+        return all(wanted[key] == group for key, group in saved_scale_groups(state).items())
 
 
 options.check_signature(LowBitAdaBalance.__init__, low_bit=True)

@@ -291,8 +291,12 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
             f"scales, so its codes must be {codec.dtype}. The state dict is damaged"
         )
     lead, last = tuple(param.shape[:-1]), param.shape[-1] if param.dim() else 0
-    blocks = scale.shape[-1] - codec.row_columns if scale.dim() else 0
-    block_size = last // blocks if blocks > 0 and last % blocks == 0 else 0
+    scale_blocks = scale.shape[-1] - codec.row_columns if scale.dim() else 0
+    # 4-bit codes say their blocks; a scale may serve several of them (AdaBalance4bit's v).
+    packed = codes.dim() == scale.dim() + 1 and codes.dim() >= 2
+    blocks = codes.shape[-2] if packed else scale_blocks
+    grouped = scale_blocks > 0 and blocks % scale_blocks == 0
+    block_size = last // blocks if grouped and blocks > 0 and last % blocks == 0 else 0
     wrong_8bit_shape = codec.bits == 8 and codes.shape != param.shape
     if tuple(codes.shape[: len(lead)]) != lead or wrong_8bit_shape:
         expected = tuple(param.shape) if codec.bits == 8 else (*lead, "blocks", "block_size // 2")
@@ -311,7 +315,7 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
     )
     if not blocks_fit:
         kind, columns = (
-            ("uint8", f"{last} // block_size + 1")
+            ("uint8", f"{last} // block_size // scale_group + 1")
             if one_byte
             else ("floating point", f"{last} // block_size")
         )

@@ -14,22 +14,25 @@ class AdaBalance4bit(LowBitAdaBalance):
 
     The algorithm, arguments and guarantees are :class:`AdaBalance8bit`'s (its docstring has the
     details); ``exp_avg``, ``exp_avg_sq`` and ``exp_avg_lr`` are stored in half a byte per
-    element (two codes per ``uint8``), one byte of scale per block (the block's largest
-    magnitude, rounded up to a float with 5 exponent and 3 mantissa bits relative to its row)
-    and one byte per row (the power of two above the row's largest block). With the default
-    blocks of 32 that is about 1.61 bytes of state per parameter (1.609 on BERT-base, 1.607 on
-    GPT-2 small, whose biases and norms keep fp32 state), against 3.10 for
-    :class:`AdaBalance8bit`, 12 for fp32 state and about 2.04 for the 8-bit AdamWs (two states).
+    element (two codes per ``uint8``), one byte of scale per block for ``exp_avg`` and
+    ``exp_avg_lr`` and per two blocks for ``exp_avg_sq`` (where a row holds an even number of
+    blocks; the largest magnitude, rounded up to a float with 5 exponent and 3 mantissa bits
+    relative to its row) and one byte per row (the power of two above the row's largest
+    scale). With the default blocks of 32 that is about 1.59 bytes of state per parameter
+    (1.593 on BERT-base, 1.591 on GPT-2 small, whose biases and norms keep fp32 state), against
+    3.10 for :class:`AdaBalance8bit`, 12 for fp32 state and about 2.04 for the 8-bit AdamWs
+    (two states).
 
     The layout comes from a per-state ablation (``benchmarks/lowbit_ablation.py``: GPT-2 on
     WikiText-2 at the GPT-2 recipe's settings, ``beta3=0.99``; records and the measured
     perplexities in ``benchmarks/results/lowbit_ablation.md``). What it found: every state must
     round stochastically (``m`` rounded to nearest, this class's first layout, cost +3.2%);
     ``v`` and ``s`` need codes without zero (with one, ``v`` diverged on a seed and ``s`` cost
-    +26%); ``s`` needs 2 mantissa bits more than it needs range; blocks of 64, or scales rounded
-    to powers of two, cost +5% to +9%, where one-byte scales with 3 mantissa bits cost nothing
-    measurable against bf16 scales (-0.06% over 3 seeds); 4 bits for the small tensors too
-    (what 1.6 bytes would take) cost +3.8%. The codes:
+    +26%); ``s`` needs 2 mantissa bits more than it needs range; blocks of 64 for every state,
+    or scales rounded to powers of two, cost +5% to +9%, where one-byte scales with 3 mantissa
+    bits cost nothing measurable against bf16 scales (-0.06% over 3 seeds); of the three states
+    only ``v`` tolerates a scale per 64 elements (+0.16% against 32, over 3 seeds; ``m`` +2.1%,
+    ``s`` +1.2%); 4 bits for the small tensors too cost +3.8%. The codes:
 
     * ``exp_avg``: a sign and a float with 2 exponent and 1 mantissa bits (E2M1: ``1/8`` to ``1``
       of the block's scale, and 0);
@@ -41,18 +44,21 @@ class AdaBalance4bit(LowBitAdaBalance):
 
     each rounded stochastically (amsbound's maximum: to nearest).
 
-    Measured against fp32 state: perplexity +0.95% in the ablation over 5 seeds (203.58 against
-    201.67; a seed moves it by about 2%) and +0.57% in the GPT-2 recipe over 3 seeds; on GLUE
-    (``beta3=0.9``, 3 seeds each) MRPC F1 and SST-2 accuracy within half a point (figures in
-    the precision guide). Its compiled step is slow on a CPU: at BERT-base shapes on 2 cores
-    about 16x ``AdamW(fused=True)``, 2.3x :class:`AdaBalance8bit`, and its first compile takes
-    about 2 minutes with an empty compile cache (seconds in later processes).
+    Measured against fp32 state: perplexity +0.66% in the GPT-2 recipe over 3 seeds and +1.21%
+    in the ablation over 5 seeds (204.11 against 201.67; a seed moves it by about 2%; with
+    ``v``'s scale per block, 1.61 bytes: +0.57% and +0.95%); on GLUE (``beta3=0.9``, 3 seeds
+    each) MRPC F1 and SST-2 accuracy within a tenth of a point (figures in the precision guide).
+    Its compiled step is slow on a CPU: at BERT-base shapes on 2 cores about 16x
+    ``AdamW(fused=True)``, 2.2x :class:`AdaBalance8bit`, and its first compile takes about 2
+    minutes with an empty compile cache (seconds in later processes).
 
     ``block_size`` (default 32) must be even. ``state_dict()`` holds the packed codes under
     AdaBalance's keys, shaped ``(*leading, blocks, block_size // 2)``, and the scales under
-    ``"<key>_scale"``, ``(*leading, blocks + 1)`` bytes (the blocks', then the row's);
+    ``"<key>_scale"``, ``(*leading, blocks // group + 1)`` bytes (the blocks' or pairs', then
+    the row's; ``group`` is 2 for ``exp_avg_sq`` where the blocks of a row are even, else 1);
     :meth:`load_state_dict` takes the state dicts of :class:`AdaBalance` and
-    :class:`AdaBalance8bit` too, re-encoding them, and both load this class's.
+    :class:`AdaBalance8bit` too, and of this class with a scale per block for ``exp_avg_sq``
+    (an earlier layout), re-encoding them, and both load this class's.
 
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
@@ -93,3 +99,4 @@ class AdaBalance4bit(LowBitAdaBalance):
         "max_exp_avg_sq": 4,
     }
     default_block_size: ClassVar[int] = 32
+    scale_groups: ClassVar[dict[str, int]] = {"exp_avg_sq": 2, "max_exp_avg_sq": 2}
