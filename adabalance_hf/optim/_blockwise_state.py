@@ -5,7 +5,7 @@ per-block scales under ``<key>_scale``, shaped like the parameter with its last 
 by the block size: fp32 for 8-bit codes; for 4-bit ones a byte a block and one more a row (the
 last column, see ``_codecs.pack_byte_scales``). A state may share one scale between consecutive
 blocks (``AdaBalance4bit``'s second moments: one per two blocks, where a row holds an even
-number), which its scales' shape says: it has that many times fewer. 8-bit codes are shaped like the
+number); its scales' shape says so, with that many times fewer. 8-bit codes are shaped like the
 parameter; 4-bit codes, packed two per byte, ``(*leading, blocks, block_size // 2)`` (see
 ``_codecs``). Both follow the parameter's leading dimensions, so a DTensor parameter sharded on
 any dimension but its last has its state sharded the same way, and DCP re-shards it (2 ranks

@@ -140,9 +140,11 @@ class LowBitAdaBalance(AdaBalance):
     def _scale_groups(self, param: Tensor, block: int) -> dict[str, int]:
         """The scale group of each state of ``param`` whose blocks are ``block`` long."""
         blocks = param.shape[-1] // block
-        return {key: self.scale_groups.get(key, 1) for key in STATE_KEYS} | {
-            key: 1 for key, group in self.scale_groups.items() if blocks % group
-        }
+        groups = {}
+        for key in STATE_KEYS:
+            group = self.scale_groups.get(key, 1)
+            groups[key] = group if blocks % group == 0 else 1
+        return groups
 
     def _quantized(self, group: dict[str, Any], param: Tensor) -> bool:
         state = self.state.get(param)
