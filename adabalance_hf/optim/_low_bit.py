@@ -137,14 +137,14 @@ class LowBitAdaBalance(AdaBalance):
         block = tensor_block_size(param, block_size)
         return None if block is None or (self._packs() and block % 2) else block
 
+    def _scale_group(self, param: Tensor, block: int, key: str) -> int:
+        """The scale group of state ``key`` of ``param`` whose blocks are ``block`` long."""
+        group = self.scale_groups.get(key, 1)
+        return group if (param.shape[-1] // block) % group == 0 else 1
+
     def _scale_groups(self, param: Tensor, block: int) -> dict[str, int]:
         """The scale group of each state of ``param`` whose blocks are ``block`` long."""
-        blocks = param.shape[-1] // block
-        groups = {}
-        for key in STATE_KEYS:
-            group = self.scale_groups.get(key, 1)
-            groups[key] = group if blocks % group == 0 else 1
-        return groups
+        return {key: self._scale_group(param, block, key) for key in STATE_KEYS}
 
     def _quantized(self, group: dict[str, Any], param: Tensor) -> bool:
         state = self.state.get(param)
@@ -192,10 +192,12 @@ class LowBitAdaBalance(AdaBalance):
                 block_size = saved_block_size(state)
             else:
                 block_size = self._block(param, group["block_size"])
-            scale_groups = self._scale_groups(param, block_size)
             for key in keys:
                 if key not in state:  # max_exp_avg_sq also when amsbound is switched on
-                    bits, scale_group = self.state_bits[key], scale_groups[key]
+                    bits, scale_group = (
+                        self.state_bits[key],
+                        self._scale_group(param, block_size, key),
+                    )
                     state.update(new_quantized_state(param, key, block_size, bits, scale_group))
             low = param.dtype in LOW_PRECISION_DTYPES
             if low and group["master_weights"] and "master_param" not in state:

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
-from ._blockwise_state import STATE_KEYS, is_quantized_state, saved_codes, state_codec
+from ._blockwise_state import (
+    STATE_KEYS,
+    is_quantized_state,
+    saved_codes,
+    scale_group,
+    state_codec,
+)
 from ._precision import full_precision_state
 from ._validation import validate_hyperparameters
 from .options import REFERENCE_KEYS
@@ -292,11 +298,11 @@ def _check_codes(param_state: Mapping[str, Any], key: str, param: torch.Tensor, 
         )
     lead, last = tuple(param.shape[:-1]), param.shape[-1] if param.dim() else 0
     scale_blocks = scale.shape[-1] - codec.row_columns if scale.dim() else 0
-    # 4-bit codes say their blocks; a scale may serve several of them (AdaBalance4bit's v).
-    packed = codes.dim() == scale.dim() + 1 and codes.dim() >= 2
-    blocks = codes.shape[-2] if packed else scale_blocks
-    grouped = scale_blocks > 0 and blocks % scale_blocks == 0
-    block_size = last // blocks if grouped and blocks > 0 and last % blocks == 0 else 0
+    # A scale may serve several blocks (AdaBalance4bit's v); codes_shape below then checks that
+    # the codes hold exactly that many blocks per scale.
+    group = scale_group(codes, scale, codec) if scale.dim() else 1
+    blocks = scale_blocks * group
+    block_size = last // blocks if blocks > 0 and last % blocks == 0 else 0
     wrong_8bit_shape = codec.bits == 8 and codes.shape != param.shape
     if tuple(codes.shape[: len(lead)]) != lead or wrong_8bit_shape:
         expected = tuple(param.shape) if codec.bits == 8 else (*lead, "blocks", "block_size // 2")
