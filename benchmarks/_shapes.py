@@ -4,8 +4,11 @@ Plain shapes, no download and no transformers: ``bert`` (``bert-base-uncased``'s
 with pooler, 109,482,240 parameters in 199 tensors), ``gpt2`` (GPT-2 small's ``GPT2Model``,
 124,439,808 in 148) and ``small`` (BERT-base shapes with 2 layers and an 8,192-token vocabulary,
 21,454,080 in 39) and ``llama1b`` (TinyLlama-1.1B's ``LlamaForCausalLM``, untied head, grouped
-key/value heads: 1,100,048,384 in 201), and ``bert-flat`` (BERT-base's 109,482,240 parameters as
-one tensor: what a step costs without any per-tensor work, for either optimizer).
+key/value heads: 1,100,048,384 in 201), ``bert-flat`` (BERT-base's 109,482,240 parameters as
+one tensor: what a step costs without any per-tensor work, for either optimizer), and two LoRA
+adapters, the many small tensors a PEFT fine-tune steps: ``bert-lora`` (r=8 on BERT-base's query
+and value, PEFT's default: 294,912 in 48) and ``llama7b-lora`` (r=16 on all seven linear layers
+of Llama-2-7B's 32 blocks: 39,976,960 in 448).
 :func:`make_tensors` builds seeded parameters and gradients in those shapes.
 """
 
@@ -85,6 +88,32 @@ def llama_1b_shapes() -> Shapes:
     return [*shapes, ("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
 
 
+def lora_shapes(base: Shapes, targets: tuple[str, ...], rank: int) -> Shapes:
+    """The trainable parameters of a LoRA adapter of ``rank`` on ``base``'s linear weights whose
+    name contains one of ``targets``: ``lora_A`` (rank x in) and ``lora_B`` (out x rank), as
+    PEFT makes them (nn.Linear weights are out x in)."""
+    shapes: Shapes = []
+    for name, shape in base:
+        if len(shape) == 2 and name.endswith(".weight") and any(t in name for t in targets):
+            stem = name.removesuffix(".weight")
+            out_features, in_features = shape
+            shapes.append((f"{stem}.lora_A.weight", (rank, in_features)))
+            shapes.append((f"{stem}.lora_B.weight", (out_features, rank)))
+    return shapes
+
+
+def llama_7b_shapes() -> Shapes:
+    """Names and shapes of Llama-2-7B's linear layers (32 layers, width 4096, MLP 11008)."""
+    h, ffn = 4096, 11008
+    shapes = []
+    for i in range(32):
+        b = f"model.layers.{i}"
+        shapes += [(f"{b}.self_attn.{p}_proj.weight", (h, h)) for p in ("q", "k", "v", "o")]
+        shapes += [(f"{b}.mlp.{n}_proj.weight", (ffn, h)) for n in ("gate", "up")]
+        shapes += [(f"{b}.mlp.down_proj.weight", (h, ffn))]
+    return shapes
+
+
 def _as_one_tensor(shapes: Shapes) -> Shapes:
     return [("all", (sum(math.prod(shape) for _, shape in shapes),))]
 
@@ -95,6 +124,14 @@ PARAM_SETS: dict[str, tuple[str, Callable[[], Shapes]]] = {
     "small": ("BERT-base, 2 layers, 8K vocabulary", lambda: bert_base_shapes(2, 8192)),
     "llama1b": ("TinyLlama-1.1B", llama_1b_shapes),
     "bert-flat": ("BERT-base as one tensor", lambda: _as_one_tensor(bert_base_shapes())),
+    "bert-lora": (
+        "LoRA r=8 on BERT-base's query and value (PEFT's default)",
+        lambda: lora_shapes(bert_base_shapes(), ("query", "value"), 8),
+    ),
+    "llama7b-lora": (
+        "LoRA r=16 on every linear layer of Llama-2-7B (QLoRA's recipe)",
+        lambda: lora_shapes(llama_7b_shapes(), ("_proj",), 16),
+    ),
 }
 
 
