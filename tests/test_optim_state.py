@@ -34,13 +34,19 @@ def _train(model, optimizer, scheduler, batches) -> None:
         scheduler.step()
 
 
-def _make(model: nn.Module, lr: float, foreach: bool):
+def _make(model: nn.Module, lr: float, foreach: bool, fused: bool = False):
     groups = [
         {"params": [model[0].weight, model[2].weight]},
         {"params": [model[0].bias, model[2].bias], "lr": 2 * lr, "weight_decay": 0.0},
     ]
     optimizer = AdaBalance(
-        groups, lr=lr, gamma=0.05, weight_decay=0.01, decoupled_weight_decay=True, foreach=foreach
+        groups,
+        lr=lr,
+        gamma=0.05,
+        weight_decay=0.01,
+        decoupled_weight_decay=True,
+        foreach=foreach,
+        fused=fused,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + 0.1 * step))
     return optimizer, scheduler
@@ -56,17 +62,21 @@ def _assert_same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> No
                 assert torch.equal(value, b.state[p_b][key]), key
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
-def test_resume_from_state_dict_is_bitwise_identical(foreach: bool) -> None:
+@pytest.mark.parametrize(
+    ("foreach", "fused"),
+    [(False, False), (True, False), (False, True)],
+    ids=["per_tensor", "foreach", "fused"],
+)
+def test_resume_from_state_dict_is_bitwise_identical(foreach: bool, fused: bool) -> None:
     n = 25
     batches = _batches(2 * n)
 
     model = _model()
-    optimizer, scheduler = _make(model, lr=1e-2, foreach=foreach)
+    optimizer, scheduler = _make(model, lr=1e-2, foreach=foreach, fused=fused)
     _train(model, optimizer, scheduler, batches)
 
     interrupted = _model()
-    first, first_scheduler = _make(interrupted, lr=1e-2, foreach=foreach)
+    first, first_scheduler = _make(interrupted, lr=1e-2, foreach=foreach, fused=fused)
     _train(interrupted, first, first_scheduler, batches[:n])
     buffer = io.BytesIO()
     checkpoint = {
@@ -80,7 +90,7 @@ def test_resume_from_state_dict_is_bitwise_identical(foreach: bool) -> None:
 
     resumed = _model(seed=123)
     # Constructed with another lr: base_lr must come from the checkpoint, not the constructor.
-    second, second_scheduler = _make(resumed, lr=0.5, foreach=foreach)
+    second, second_scheduler = _make(resumed, lr=0.5, foreach=foreach, fused=fused)
     resumed.load_state_dict(checkpoint["model"])
     second.load_state_dict(checkpoint["optimizer"])
     second_scheduler.load_state_dict(checkpoint["scheduler"])

@@ -3,7 +3,7 @@
 Per element the kernel reads the parameter (or its fp32 master copy), the gradient and the
 codes of three states, and writes the parameter and the codes: about 18 bytes against fp32
 AdamW's 28 with 8-bit codes, 16.5 with 4-bit ones. The update is the fp32 kernel's
-(``_fused.adabalance_update``) on the decoded states; the parameter moves by the *unrounded* new
+(``_update.adabalance_update``) on the decoded states; the parameter moves by the *unrounded* new
 ``m`` and ``s``, and only the stored state is rounded, each state by its codec (``_codecs``,
 chosen in ``_blockwise_state.CODECS``).
 
@@ -14,31 +14,28 @@ hyper-parameters and the rounding seed as tensors, so nothing recompiles during 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.fx.experimental import _config as _fx_config
 
 from ._blockwise_state import scale_group
 from ._codecs import Codec, noise_fields, rounding_noise, step_seed
-from ._compile import compile_variant, run_compiled
+from ._compile import DISTINCT_SIZES, compile_variant, run_compiled
 from ._dtensor import global_offset, local_tensor
-from ._fused import (
-    _WRITE_MASTER,
-    _WRITE_PARAM,
-    _WRITE_STOCHASTIC,
-    _distinct_sizes,
-    adabalance_update,
-    write_param,
-)
 from ._step_scalars import KernelScalarsCache
+from ._update import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
 from .options import Hyper
 
 __all__ = ["QuantizedTensors", "StateCodecs", "_blockwise_adabalance"]
+
+# One compiled graph serves every shape: rows, blocks per row and bytes per block each get a
+# symbol of their own (see _compile.DISTINCT_SIZES), and a size of 1 (a 1-D tensor's one row, a
+# last dimension of one block) is not specialised into a graph of its own (a recompile of
+# minutes with an empty cache).
+_SHAPE_AGNOSTIC = {**DISTINCT_SIZES, "backed_size_oblivious": True}
 
 
 class StateCodecs(NamedTuple):
@@ -172,20 +169,7 @@ def _compiled_kernel(variant: BlockwiseVariant) -> Callable[..., None]:
         "realize_reads_threshold": 1_000,
         "realize_acc_reads_threshold": 1_000,
     }
-    return compile_variant(kernel, name, options, _shape_agnostic)
-
-
-def _shape_agnostic() -> contextlib.AbstractContextManager:
-    """A context in which one compiled graph serves every shape: rows, blocks per row and bytes
-    per block each get a symbol of their own (``_fused._distinct_sizes``), and a size of 1 (a
-    1-D tensor's one row, a last dimension of one block) is not specialised into a graph of its
-    own (a recompile of minutes with an empty cache)."""
-    if not hasattr(_fx_config, "backed_size_oblivious"):  # pragma: no cover - another torch
-        return _distinct_sizes()
-    stack = contextlib.ExitStack()
-    stack.enter_context(_distinct_sizes())
-    stack.enter_context(_fx_config.patch(backed_size_oblivious=True))
-    return stack
+    return compile_variant(kernel, name, options, _SHAPE_AGNOSTIC)
 
 
 def _run_compiled(variant: BlockwiseVariant, args: tuple, owner: str) -> None:

@@ -17,6 +17,7 @@ from torch.optim.optimizer import (
 
 from . import options
 from ._blockwise_state import dequantize_state, is_quantized_state
+from ._flat_aliases import FlatAliases
 from ._nonfinite import SKIP_COUNT_KEY, restore_nonfinite_keys, skip_count, skip_nonfinite_step
 from ._param_checks import check_grads_before_step, check_new_param_group, check_param_list
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
@@ -83,7 +84,7 @@ class AdaBalance(Optimizer):
         foreach (bool, optional): use the multi-tensor ``torch._foreach_*`` implementation,
             in chunks of at most 10% of the parameters' elements. ``None`` picks it where torch
             would (all parameters on CUDA). Default: ``None``
-        fused (bool, optional): use ``torch.compile``-generated kernels, four tensors per call
+        fused (bool, optional): use ``torch.compile``-generated kernels, eight tensors per call
             (CPU and CUDA; the first step compiles). Default: ``None`` (not fused)
         master_weights (bool, optional): for bf16/fp16 parameters, keep an fp32 master copy in
             the state (``"master_param"``), do the arithmetic on it and write the rounded result
@@ -238,6 +239,7 @@ class AdaBalance(Optimizer):
             kept_group_keys=[key for key in options.KEPT_ON_LOAD if key in self.defaults],
             convert=self._convert_loaded_state,
         )
+        self.__dict__.pop("_flat_aliases_kept", None)  # they hold the replaced state
 
     def _convert_loaded_state(self) -> None:
         """After loading: decode 8-bit state (saved by ``AdaBalance8bit``) to fp32 state."""
@@ -329,6 +331,7 @@ class AdaBalance(Optimizer):
 
         for group in self.param_groups:
             self._step_group(group, grad_scale=grad_scale, found_inf=found_inf)
+        self._flat_aliases().end_step()
         return loss
 
     def _step_group(
@@ -344,6 +347,7 @@ class AdaBalance(Optimizer):
             grad_scale=grad_scale,
             found_inf=found_inf,
             has_complex=has_complex,
+            fused_aliases=self._flat_aliases(),
             **options.hyper_of(group)._asdict(),
         )
         # Parameters whose dtype is their compute dtype, then bf16/fp16 ones (fp32 state).
@@ -386,6 +390,16 @@ class AdaBalance(Optimizer):
         with none, and its first step validates everything once.
         """
         return self.__dict__.setdefault("_hyperparameters_found_valid", [])
+
+    def _flat_aliases(self) -> FlatAliases:
+        """The fused kernel's 1-D aliases of this optimizer's tensors, kept between steps.
+
+        Kept on the instance only, like :meth:`_validated_hyperparameters`.
+        """
+        aliases = self.__dict__.get("_flat_aliases_kept")
+        if aliases is None:
+            aliases = self.__dict__["_flat_aliases_kept"] = FlatAliases()
+        return aliases
 
 
 options.check_signature(AdaBalance.__init__)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _default_to_fused_or_foreach, _foreach_supported_types
 
+from ._flat_aliases import FlatAliases
 from ._fused import _fused_adabalance, fused_kernel_supports
 from ._multi_tensor import _multi_tensor_adabalance
 from ._single_tensor import _single_tensor_adabalance
@@ -84,6 +85,7 @@ def adabalance(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     has_complex: bool = False,
+    fused_aliases: FlatAliases | None = None,
     amsbound: bool,
     lr: float,
     base_lr: float,
@@ -129,6 +131,9 @@ def adabalance(
             nothing (no parameter, state, step count or gradient). The fused kernel reads it on
             the device; the other paths read it on the host. Default: ``None``
         has_complex (bool): whether any parameter is complex. Default: ``False``
+        fused_aliases (FlatAliases, optional): the fused path's 1-D aliases of the parameters,
+            states and master copies, kept from one step to the next (:class:`AdaBalance`
+            passes its own); ``None`` makes them afresh. Default: ``None``
         amsbound (bool): use the running maximum of ``v``.
         lr (float): current learning rate.
         base_lr (float): learning rate of the group when it was created.
@@ -197,6 +202,7 @@ def adabalance(
             master_params=master_params,
             grad_scale=grad_scale,
             found_inf=found_inf,
+            aliases=fused_aliases,
             **paths,
         )
         return
