@@ -3,10 +3,11 @@
 Rows: AdaBalance fused and foreach, AdaBalance8bit and AdaBalance4bit fused,
 ``torch.optim.AdamW`` fused and
 foreach, torchao's ``AdamW8bit`` (where it imports); ``weight_decay=0`` for all. Sets: BERT-base,
-GPT-2 small and TinyLlama-1.1B shapes from ``_shapes.py`` (on ``--device cpu --quick`` the same
-shapes with every dimension divided by 6, 6 and 4, so that 8-bit blocks stay 128 wide, and 12
-tensors after the embedding). Each row starts from a clone of the same parameters with the same
-fixed gradients (std 0.02 and 1e-2, as ``_shapes.make_tensors``):
+GPT-2 small and TinyLlama-1.1B shapes and a LoRA adapter's (r=16 on Llama-2-7B's linear layers,
+448 tensors, where the per-tensor costs are most of a step) from ``_shapes.py`` (on
+``--device cpu --quick`` the same shapes with every dimension divided by 6, 6, 4 and 4, so that
+8-bit blocks stay 128 wide, and 12 tensors after the first). Each row starts from a clone of the
+same parameters with the same fixed gradients (std 0.02 and 1e-2, as ``_shapes.make_tensors``):
 
 * ``first_step_s``: the first ``step()`` (state creation and any compile this process has not
   done yet);
@@ -53,7 +54,8 @@ ROWS: dict[str, tuple[Any, dict[str, Any]]] = {
     "adamw_foreach": (AdamW, {**NO_DECAY, "foreach": True}),
     "torchao_adamw8bit": ("torchao.optim:AdamW8bit", NO_DECAY),
 }
-SETS = {"bert": 6, "gpt2": 6, "llama1b": 4}  # set -> divisor of dimensions on CPU --quick
+# set -> divisor of dimensions on CPU --quick
+SETS = {"bert": 6, "gpt2": 6, "llama1b": 4, "llama7b-lora": 4}
 CPU_QUICK_TENSORS = 12
 
 

@@ -21,7 +21,7 @@ half) and, in brackets, an estimate for an H200 (no GPU has run this yet: the fi
 * ``speed`` 210 s [90-180 s, most of it compiles, torchao's once per shape]: step time (CUDA
   events, median of 10) and peak memory of AdaBalance fused/foreach, AdaBalance8bit and
   AdaBalance4bit fused, AdamW fused/foreach, torchao AdamW8bit on BERT-base, GPT-2 small and
-  TinyLlama-1.1B shapes (``_gpu_check_speed.py``);
+  TinyLlama-1.1B shapes and a LoRA adapter of Llama-2-7B (``_gpu_check_speed.py``);
 * ``gpt2_trainer`` 50 s [20-40 s]: a bf16 GPT-2 trained for 40 steps by ``AdaBalanceTrainer``
   (``adabalance_fused``, ``adabalance_8bit``, ``adabalance_4bit``): the loss falls, nothing is NaN.
 

@@ -66,7 +66,7 @@ def test_cpu_quick_run_passes_every_section(tmp_path: Path) -> None:
     paths = ("per_tensor", "foreach", "fused", "8bit_fused", "8bit_eager")
     assert parity_runs == {f"{path} defaults" for path in paths}
     speed = report["sections"]["speed"]["tables"]
-    assert set(speed) == {"speed bert", "speed gpt2", "speed llama1b"}
+    assert set(speed) == {"speed bert", "speed gpt2", "speed llama1b", "speed llama7b-lora"}
     for rows in speed.values():
         names = {row["row"] for row in rows}
         assert {"adamw_fused", "adabalance_fused", "adabalance8bit_fused"} <= names
