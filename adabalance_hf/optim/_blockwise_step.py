@@ -26,7 +26,7 @@ from ._codecs import Codec, noise_fields, rounding_noise, step_seed
 from ._compile import DISTINCT_SIZES, compile_variant, run_compiled
 from ._dtensor import global_offset, local_tensor
 from ._step_scalars import KernelScalarsCache
-from ._update import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
+from ._update import adabalance_update, write_mode_of, write_param
 from .options import Hyper
 
 __all__ = ["QuantizedTensors", "StateCodecs", "_blockwise_adabalance"]
@@ -248,12 +248,8 @@ def _blockwise_adabalance(
             local_tensor(scales[0]).numel() // rows - codec.exp_avg.row_columns
         )
         seed = torch.tensor(step_seed(int(step), global_offset(param)), device=param.device)
-        if master_params is not None:
-            write_mode, master = _WRITE_MASTER, _blocks(master_params[i], rows, blocks)
-        else:
-            bf16_rounding = hyper.stochastic_round and param.dtype == torch.bfloat16
-            write_mode = _WRITE_STOCHASTIC if bf16_rounding else _WRITE_PARAM
-            master = None
+        master = None if master_params is None else _blocks(master_params[i], rows, blocks)
+        write_mode = write_mode_of(param.dtype, master is not None, hyper.stochastic_round)
         tensors = QuantizedTensors(
             param=_blocks(param.detach(), rows, blocks),
             grad=_blocks(grads[i], rows, blocks),

@@ -36,7 +36,7 @@ from ._flat_aliases import FlatAliases, flat
 from ._multi_tensor import transient_budget
 from ._precision import LOW_PRECISION_DTYPES, compute_dtype
 from ._step_scalars import KernelScalarsCache
-from ._update import _WRITE_MASTER, _WRITE_PARAM, _WRITE_STOCHASTIC, adabalance_update, write_param
+from ._update import _WRITE_MASTER, adabalance_update, write_mode_of, write_param
 from .options import Hyper
 
 __all__ = ["KernelTensors", "KernelVariant", "_fused_adabalance", "fused_kernel_supports"]
@@ -298,19 +298,13 @@ def _group_of(
     ``(step, device, param dtype, grad dtype)``: the tensors one compiled call may step."""
     step, device, param_dtype, grad_dtype = signature
     dtype = compute_dtype(param_dtype)
-    if master_weights:
-        write_mode = _WRITE_MASTER
-    elif hyper.stochastic_round and param_dtype == torch.bfloat16:
-        write_mode = _WRITE_STOCHASTIC
-    else:
-        write_mode = _WRITE_PARAM
     variant = KernelVariant(
         device_type=device.type,
         param_dtype=param_dtype,
         grad_dtype=grad_dtype,
         compute_dtype=dtype,
         amsbound=hyper.amsbound,
-        write_mode=write_mode,
+        write_mode=write_mode_of(param_dtype, master_weights, hyper.stochastic_round),
         unscale=grad_scale is not None,
         skip_if_found_inf=found_inf is not None,
     )

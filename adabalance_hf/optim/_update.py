@@ -9,11 +9,21 @@ from torch import Tensor
 from ._precision import stochastic_round_to_bf16
 from ._step_scalars import HYPER
 
-__all__ = ["_WRITE_MASTER", "_WRITE_PARAM", "_WRITE_STOCHASTIC", "adabalance_update", "write_param"]
+__all__ = ["_WRITE_MASTER", "adabalance_update", "write_mode_of", "write_param"]
 
 # How the kernel's fp32 result reaches the parameter.
 # (_WRITE_PARAM: copied into the parameter, rounded to nearest if its dtype is lower.)
 _WRITE_PARAM, _WRITE_MASTER, _WRITE_STOCHASTIC = range(3)
+
+
+def write_mode_of(param_dtype: torch.dtype, master_weights: bool, stochastic_round: bool) -> int:
+    """How a kernel writes a parameter of ``param_dtype``: into its fp32 master copy too (with
+    master weights), rounded stochastically (bf16 with ``stochastic_round``), or copied."""
+    if master_weights:
+        return _WRITE_MASTER
+    if stochastic_round and param_dtype == torch.bfloat16:
+        return _WRITE_STOCHASTIC
+    return _WRITE_PARAM
 
 
 def adabalance_update(
