@@ -43,13 +43,7 @@ class FlatAliases:
         """The alias of ``tensor`` (a parameter, a state or a master copy), reused if valid."""
         key = id(tensor)
         entry = self._last.get(key)
-        if entry is not None and entry[0] is tensor:
-            alias, local = entry[1], local_tensor(tensor)
-            if alias.data_ptr() != local.data_ptr() or alias.numel() != local.numel():
-                entry = None
-        else:
-            entry = None
-        if entry is None:
+        if entry is None or entry[0] is not tensor or not _covers(entry[1], tensor):
             entry = (tensor, flat(tensor))
         self._made[key] = entry
         return entry[1]
@@ -57,3 +51,9 @@ class FlatAliases:
     def end_step(self) -> None:
         """Keep this step's aliases for the next one, and only them."""
         self._last, self._made = self._made, {}
+
+
+def _covers(alias: Tensor, tensor: Tensor) -> bool:
+    """Whether ``alias`` still lies on all of ``tensor``'s memory (a DTensor's local shard's)."""
+    local = local_tensor(tensor)
+    return alias.data_ptr() == local.data_ptr() and alias.numel() == local.numel()
